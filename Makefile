@@ -1,0 +1,32 @@
+# The two set-up commands of the README: `make run` and `make test`.
+# Both create .venv at the project root with the pinned dependencies on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU build by default; GPU users install their CUDA build of torch first (see README).
+TORCH_SPEC ?= torch==2.13.0
+
+export KEDRO_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export GX_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup run test
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+run: setup
+	$(BIN)/kedro run
+	@echo "metrics:      data/08_reporting/metrics.json"
+	@echo "MLflow store: $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} (view: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1)"
+
+test: setup
+	$(BIN)/python -m pytest

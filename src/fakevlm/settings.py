@@ -1,0 +1,15 @@
+"""Kedro project settings."""
+
+from kedro.config import OmegaConfigLoader
+from kedro_mlflow.framework.hooks import MlflowHook
+from omegaconf.resolvers import oc
+
+HOOKS = (MlflowHook(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # mlflow.yml reads MLFLOW_TRACKING_URI so a team server replaces the embedded SQLite store.
+    "custom_resolvers": {"oc.env": oc.env},
+}
