@@ -1,0 +1,195 @@
+"""The FakeVLM model: a LLaVA (vision tower -> projector -> language model) that answers
+"Does the image looks real/fake?" with a verdict sentence and the artifacts it sees.
+
+One place for everything model-shaped: the tiny model built from config, the tokenizer trained
+offline, the processor, loading a real checkpoint, the prompt (shared by training and evaluation)
+and generation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoProcessor,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on `corpus`, offline, with LLaVA's special tokens."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # sorted: the merges (and so the saved tokenizer) must not depend on row order
+    tokenizer.train_from_iterator(sorted(set(corpus)), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",  # batched generation continues every row from its own last token
+    )
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast, params: dict[str, Any]) -> LlavaProcessor:
+    """A LlavaProcessor around a CLIP image processor built from explicit parameters."""
+    size = params["image_size"]
+    image_processor = CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": size},
+        do_center_crop=True,
+        crop_size={"height": size, "width": size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=params["image_mean"],
+        image_std=params["image_std"],
+        do_convert_rgb=True,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=params["vision"]["patch_size"],
+        vision_feature_select_strategy="default",
+        # CLIP prepends a CLS token that "default" drops: (size / patch)^2 image tokens remain
+        num_additional_image_tokens=1,
+        chat_template=params["chat_template"],
+    )
+
+
+def build_tiny_model(processor: LlavaProcessor, params: dict[str, Any]) -> LlavaForConditionalGeneration:
+    """A randomly initialised LLaVA sized by `params` (vision, text), for training from scratch."""
+    tokenizer = processor.tokenizer
+    vision = params["vision"]
+    text = params["text"]
+    vision_config = CLIPVisionConfig(
+        image_size=params["image_size"],
+        patch_size=vision["patch_size"],
+        hidden_size=vision["hidden_size"],
+        intermediate_size=vision["intermediate_size"],
+        num_hidden_layers=vision["num_layers"],
+        num_attention_heads=vision["num_heads"],
+        projection_dim=vision["hidden_size"],
+    )
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=text["hidden_size"],
+        intermediate_size=text["intermediate_size"],
+        num_hidden_layers=text["num_layers"],
+        num_attention_heads=text["num_heads"],
+        num_key_value_heads=text["num_heads"],
+        max_position_embeddings=text["max_positions"],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=(params["image_size"] // vision["patch_size"]) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=vision["feature_layer"],
+        projector_hidden_act="gelu",
+    )
+    torch.manual_seed(params["seed"])
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def load_pretrained(path: str, dtype: str = "float32") -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """Load a LLaVA checkpoint in Hugging Face format (a hub id or a local folder).
+
+    Remote code is never executed and weights are read from safetensors when the folder has them.
+    """
+    model = LlavaForConditionalGeneration.from_pretrained(
+        path, dtype=getattr(torch, dtype), trust_remote_code=False, use_safetensors=None
+    )
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+    return model, processor
+
+
+def build_prompt(processor: LlavaProcessor, question: str) -> str:
+    """The user turn with the image and the question, ready for the answer to follow.
+
+    Training and evaluation both call this: a template mismatch between the two cost a FakeVLM
+    user 23 accuracy points.
+    """
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def answer_suffix(answer: str, processor: LlavaProcessor) -> str:
+    """The text the model must produce after the prompt: the answer and the end of sequence."""
+    return " " + answer.strip() + processor.tokenizer.eos_token
+
+
+@dataclass
+class FakeVLM:
+    """A trained model with its processor: what the training stage saves and the others load."""
+
+    model: LlavaForConditionalGeneration
+    processor: LlavaProcessor
+    source_dir: str | None = None
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.processor.save_pretrained(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> FakeVLM:
+        model, processor = load_pretrained(str(path))
+        model.eval()
+        return cls(model=model, processor=processor, source_dir=str(path))
+
+    @torch.no_grad()
+    def generate(
+        self, images: Sequence[Image.Image], question: str, max_new_tokens: int, batch_size: int = 16
+    ) -> list[str]:
+        """Greedy answers for `images`, batched with the KV cache."""
+        self.model.eval()
+        prompt = build_prompt(self.processor, question)
+        answers: list[str] = []
+        for start in range(0, len(images), batch_size):
+            batch = [image.convert("RGB") for image in images[start : start + batch_size]]
+            inputs = self.processor(
+                images=batch, text=[prompt] * len(batch), return_tensors="pt", padding=True
+            )
+            output = self.model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True
+            )
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            answers += [
+                text.strip()
+                for text in self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            ]
+        return answers

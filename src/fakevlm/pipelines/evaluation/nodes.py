@@ -1,0 +1,85 @@
+"""Evaluation: generate answers on each benchmark split and score them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+
+from fakevlm.metrics import parse_verdict, score
+from fakevlm.model import FakeVLM
+from fakevlm.pipelines.training.nodes import load_examples
+
+log = logging.getLogger(__name__)
+
+
+def predict(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, Any], question: str) -> pd.DataFrame:
+    """One row per benchmark image: the generated answer, its parsed verdict and the reference."""
+    frames = []
+    for benchmark, split in sorted(params["benchmarks"].items()):
+        examples = load_examples(manifest, split)
+        answers = fakevlm_model.generate(
+            [e.image for e in examples], question, params["max_new_tokens"], params["batch_size"]
+        )
+        rows = manifest[manifest["split"] == split]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "benchmark": benchmark,
+                    "id": rows["id"].to_numpy(),
+                    "image_path": rows["image_path"].to_numpy(),
+                    "category": rows["category"].to_numpy(),
+                    "label": rows["label"].to_numpy(),
+                    "artifact_family": rows["artifact_family"].to_numpy(),
+                    "reference": rows["answer"].to_numpy(),
+                    "prediction": answers,
+                    "predicted_label": [parse_verdict(a) for a in answers],
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def compute_metrics(predictions: pd.DataFrame) -> dict[str, Any]:
+    """Accuracy, F1, ROUGE-L and CSS per benchmark, overall and per category."""
+    metrics = {}
+    for benchmark, rows in predictions.groupby("benchmark", sort=True):
+        metrics[benchmark] = score(
+            rows["prediction"].tolist(),
+            rows["reference"].tolist(),
+            rows["label"].tolist(),
+            categories=rows["category"].tolist(),
+        )
+        log.info(
+            "%s: accuracy %.3f  f1 %.3f  rouge_l %.3f  css %.3f  (n=%d)",
+            benchmark,
+            metrics[benchmark]["accuracy"],
+            metrics[benchmark]["f1"],
+            metrics[benchmark]["rouge_l"],
+            metrics[benchmark]["css"],
+            metrics[benchmark]["n"],
+        )
+    return metrics
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1.0}`, numbers only: the MLflow metric names."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def evaluate(
+    fakevlm_model: FakeVLM, validated_manifest: pd.DataFrame, params: dict[str, Any], question: str
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, dict[str, float]]]:
+    """Predictions, the metrics report and the same metrics for MLflow."""
+    predictions = predict(fakevlm_model, validated_manifest, params, question)
+    metrics = compute_metrics(predictions)
+    mlflow_metrics = {k: {"value": v, "step": 0} for k, v in flatten_metrics(metrics).items()}
+    return predictions, metrics, mlflow_metrics

@@ -1,0 +1,16 @@
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import register_model
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                register_model,
+                ["fakevlm_model", "metrics", "validated_manifest", "params:registry", "params:training.question"],
+                "registry_decision",
+                name="register_model",
+            )
+        ]
+    )

@@ -1,0 +1,41 @@
+"""FakeVLM as an MLflow pyfunc: images in, verdict and explanation out.
+
+The pyfunc wraps the `save_pretrained` folder as an artifact; MLflow's transformers flavour
+refuses a LLaVA processor, and a pyfunc keeps the prompt identical to training.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import mlflow.pyfunc
+import pandas as pd
+from PIL import Image
+
+from fakevlm.metrics import parse_verdict
+from fakevlm.model import FakeVLM
+
+
+def encode_image(image: Image.Image) -> str:
+    """PNG bytes, base64: the `image` column of the model's input."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class FakeVLMPyfunc(mlflow.pyfunc.PythonModel):
+    """`predict(DataFrame[image: base64 PNG/JPEG])` -> DataFrame[verdict, explanation]."""
+
+    def __init__(self, question: str, max_new_tokens: int):
+        self.question = question
+        self.max_new_tokens = max_new_tokens
+        self.fakevlm: FakeVLM | None = None
+
+    def load_context(self, context) -> None:
+        self.fakevlm = FakeVLM.from_pretrained(context.artifacts["hf_dir"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        images = [Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB") for data in model_input["image"]]
+        answers = self.fakevlm.generate(images, self.question, self.max_new_tokens)
+        return pd.DataFrame({"verdict": [parse_verdict(a) for a in answers], "explanation": answers})
