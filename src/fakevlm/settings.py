@@ -12,4 +12,6 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     # mlflow.yml reads MLFLOW_TRACKING_URI so a team server replaces the embedded SQLite store.
     "custom_resolvers": {"oc.env": oc.env},
+    # an environment (conf/gpu, conf/local) states only the keys it changes
+    "merge_strategy": {"parameters": "soft"},
 }

@@ -40,7 +40,9 @@ class Example:
     label: str
 
 
-def encode_example(processor: LlavaProcessor, example: Example, question: str) -> dict[str, torch.Tensor]:
+def encode_example(
+    processor: LlavaProcessor, example: Example, question: str, max_length: int
+) -> dict[str, torch.Tensor]:
     """Token ids, answer-only labels and pixels for one sample.
 
     Fails loudly (with the sample id) where LLaVA's own code silently zeroes the labels: an answer
@@ -60,6 +62,9 @@ def encode_example(processor: LlavaProcessor, example: Example, question: str) -
         raise ValueError(
             f"sample {example.id!r}: tokenization mismatch between prompt+answer and the whole text"
         )
+    if input_ids.numel() > max_length:
+        # truncating would cut the answer (or the image tokens) without anyone noticing
+        raise ValueError(f"sample {example.id!r}: {input_ids.numel()} tokens exceed max_length {max_length}")
     labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), answer_ids])
     return {
         "input_ids": input_ids,
@@ -145,11 +150,15 @@ def ensure_distributed_env() -> None:
     )
 
 
+def training_arguments(args: dict[str, Any]) -> TrainingArguments:
+    """HF TrainingArguments from one stage of `training.stages`, DeepSpeed config included."""
+    return TrainingArguments(**args)
+
+
 def run_trainer(model: nn.Module, dataset: list, collator, args: dict[str, Any]) -> list[dict[str, float]]:
     """Train `model` in place with HF Trainer; returns the logged history."""
     ensure_distributed_env()
-    training_args = TrainingArguments(**args)
-    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+    trainer = Trainer(model=model, args=training_arguments(args), train_dataset=dataset, data_collator=collator)
     trainer.train()
     return trainer.state.log_history
 
@@ -160,12 +169,13 @@ def train(
     examples: Sequence[Example],
     question: str,
     stages: dict[str, dict[str, Any]],
+    max_length: int,
 ) -> dict[str, list[dict[str, float]]]:
     """Run the configured stages (`vision_warmup`, `instruction`) on `examples`, in place.
 
     Each stage's dict is HF `TrainingArguments`; a stage with `max_steps: 0` is skipped.
     """
-    encoded = [encode_example(processor, example, question) for example in examples]
+    encoded = [encode_example(processor, example, question, max_length) for example in examples]
     log.info("encoded %d samples, longest %d tokens", len(encoded), max(e["input_ids"].numel() for e in encoded))
     history: dict[str, list[dict[str, float]]] = {}
     warmup = stages.get("vision_warmup")

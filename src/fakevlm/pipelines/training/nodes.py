@@ -68,5 +68,5 @@ def train_fakevlm(
     fakevlm = build_model(examples, params)
     n_params = sum(p.numel() for p in fakevlm.model.parameters())
     log.info("training a %.2f M-parameter LLaVA on %d samples", n_params / 1e6, len(examples))
-    history = train(fakevlm.model, fakevlm.processor, examples, params["question"], params["stages"])
+    history = train(fakevlm.model, fakevlm.processor, examples, params["question"], params["stages"], params["max_length"])
     return fakevlm, {"n_parameters": n_params, "n_samples": len(examples), "stages": history}, history_as_mlflow_metrics(history)
