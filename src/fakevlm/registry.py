@@ -27,7 +27,7 @@ def champion_metrics(client: MlflowClient, name: str, alias: str) -> tuple[str |
     except MlflowException:
         return None, {}
     metrics = {k[len(METRIC_TAG) :]: float(v) for k, v in version.tags.items() if k.startswith(METRIC_TAG)}
-    return version.version, metrics
+    return str(version.version), metrics
 
 
 def log_and_register(model_dir: str, name: str, question: str, max_new_tokens: int, example: Image.Image) -> str:

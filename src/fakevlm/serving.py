@@ -32,6 +32,11 @@ class FakeVLMPyfunc(mlflow.pyfunc.PythonModel):
         self.max_new_tokens = max_new_tokens
         self.fakevlm: FakeVLM | None = None
 
+    def __getstate__(self) -> dict:
+        # MLflow loads the model to infer the signature, then pickles this object: keep the
+        # weights out of the pickle, they travel as the `hf_dir` artifact
+        return {**self.__dict__, "fakevlm": None}
+
     def load_context(self, context) -> None:
         self.fakevlm = FakeVLM.from_pretrained(context.artifacts["hf_dir"])
 

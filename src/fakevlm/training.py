@@ -48,14 +48,14 @@ def encode_example(
     Fails loudly (with the sample id) where LLaVA's own code silently zeroes the labels: an answer
     with no token, or a prompt/answer split that tokenizes differently from the whole text.
     """
+    if not example.answer.strip():
+        raise ValueError(f"sample {example.id!r}: the answer is empty, there is nothing to learn")
     prompt = build_prompt(processor, question)
     suffix = answer_suffix(example.answer, processor)
     image = example.image.convert("RGB")
     prompt_enc = processor(images=image, text=prompt, return_tensors="pt")
     prompt_ids = prompt_enc["input_ids"][0]
     answer_ids = torch.tensor(processor.tokenizer(suffix, add_special_tokens=False)["input_ids"])
-    if answer_ids.numel() <= 1:
-        raise ValueError(f"sample {example.id!r}: the answer {example.answer!r} has no token to learn")
     input_ids = torch.cat([prompt_ids, answer_ids])
     whole = processor(images=image, text=prompt + suffix, return_tensors="pt")["input_ids"][0]
     if not torch.equal(whole, input_ids):

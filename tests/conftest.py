@@ -1,0 +1,95 @@
+"""Shared fixtures: the project's own config, shrunk, and tiny images made in tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+QUESTION = "Does the image looks real/fake?"
+
+
+def load_params(name: str, env: str = "base") -> dict:
+    """One `conf/<env>/parameters_<name>.yml`, resolved (YAML anchors included)."""
+    path = PROJECT_ROOT / "conf" / env / f"parameters_{name}.yml"
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)[name]
+
+
+@pytest.fixture
+def training_params(tmp_path) -> dict:
+    """The default training config, smaller and with its outputs in tmp_path."""
+    params = load_params("training")
+    model = params["model"]
+    model["image_size"] = 32
+    model["vision"].update(patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2)
+    model["text"].update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+    model["tokenizer_vocab_size"] = 300
+    for name, stage in params["stages"].items():
+        stage.update(output_dir=str(tmp_path / "trainer" / name), max_steps=4, logging_steps=1, per_device_train_batch_size=4)
+        stage["deepspeed"] = str(PROJECT_ROOT / stage["deepspeed"])
+    return params
+
+
+def checker_image(rng: np.random.Generator, fake: bool, size: int = 32) -> Image.Image:
+    """Noise, plus a bright 2-pixel grid when `fake`: a cue a tiny model can see."""
+    pixels = rng.integers(60, 190, (size, size, 3), dtype=np.uint8)
+    if fake:
+        pixels[::2, ::2] = 255
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture
+def labelled_images():
+    """16 (id, image, label, answer) tuples, half fake."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(16):
+        fake = i % 2 == 1
+        label = "fake" if fake else "real"
+        answer = (
+            "This is a fake image. The whole image carries a clear checkerboard pattern."
+            if fake
+            else "This is a real image. The texture varies naturally."
+        )
+        rows.append((f"img{i:02d}", checker_image(rng, fake), label, answer))
+    return rows
+
+
+@pytest.fixture
+def saved_tiny_model(tmp_path, training_params, labelled_images):
+    """A tiny FakeVLM trained for a few steps and saved with save_pretrained; returns its folder."""
+    from fakevlm.model import FakeVLM, build_processor, build_tiny_model, train_tokenizer
+    from fakevlm.training import Example, train
+
+    examples = [Example(i, image, answer, label) for i, image, label, answer in labelled_images]
+    corpus = [e.answer for e in examples] + ["USER: ASSISTANT: " + QUESTION]
+    processor = build_processor(train_tokenizer(corpus, 300), training_params["model"])
+    model = build_tiny_model(processor, training_params["model"])
+    train(model, processor, examples, QUESTION, training_params["stages"], training_params["max_length"])
+    folder = tmp_path / "model"
+    FakeVLM(model, processor).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A throw-away SQLite MLflow store; MLflow's global state is reset afterwards."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("test", artifact_location=(tmp_path / "mlruns").as_uri()))
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)

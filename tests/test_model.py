@@ -1,0 +1,71 @@
+import pytest
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from fakevlm.model import FakeVLM, build_processor, build_prompt, build_tiny_model, train_tokenizer
+from fakevlm.training import IGNORE_INDEX, Example, encode_example
+
+from .conftest import QUESTION
+
+
+@pytest.fixture
+def tiny(training_params, labelled_images):
+    corpus = [answer for *_, answer in labelled_images] + ["USER: ASSISTANT: " + QUESTION]
+    processor = build_processor(train_tokenizer(corpus, 300), training_params["model"])
+    return FakeVLM(build_tiny_model(processor, training_params["model"]), processor)
+
+
+def test_prompt_is_llava_hf_template(tiny):
+    # the exact string training and evaluation share; a mismatch cost a FakeVLM user 23 points
+    assert build_prompt(tiny.processor, QUESTION) == "USER: <image>\nDoes the image looks real/fake? ASSISTANT:"
+
+
+def test_image_tokens_match_patches(tiny, labelled_images, training_params):
+    _, image, label, answer = labelled_images[0]
+    item = encode_example(tiny.processor, Example("a", image, answer, label), QUESTION, 512)
+    image_id = tiny.processor.tokenizer.convert_tokens_to_ids("<image>")
+    size, patch = training_params["model"]["image_size"], training_params["model"]["vision"]["patch_size"]
+    assert int((item["input_ids"] == image_id).sum()) == (size // patch) ** 2
+
+
+def test_labels_supervise_answer_and_eos_only(tiny, labelled_images):
+    _, image, label, answer = labelled_images[1]
+    item = encode_example(tiny.processor, Example("a", image, answer, label), QUESTION, 512)
+    supervised = item["labels"][item["labels"] != IGNORE_INDEX]
+    tokenizer = tiny.processor.tokenizer
+    assert tokenizer.decode(supervised).strip() == answer + tokenizer.eos_token
+    prompt_len = int((item["labels"] == IGNORE_INDEX).sum())
+    assert tokenizer.decode(item["input_ids"][:prompt_len]).endswith("ASSISTANT:")
+    assert int(item["verdict"]) == 1
+
+
+def test_empty_answer_fails_with_id(tiny, labelled_images):
+    _, image, label, _ = labelled_images[0]
+    with pytest.raises(ValueError, match="img-empty"):
+        encode_example(tiny.processor, Example("img-empty", image, "", label), QUESTION, 512)
+
+
+def test_too_long_sample_fails_with_id(tiny, labelled_images):
+    _, image, label, answer = labelled_images[0]
+    with pytest.raises(ValueError, match="img-long.*max_length"):
+        encode_example(tiny.processor, Example("img-long", image, answer, label), QUESTION, 10)
+
+
+def test_save_and_reload_generate_the_same(tiny, labelled_images, tmp_path):
+    images = [image for _, image, *_ in labelled_images[:4]]
+    before = tiny.generate(images, QUESTION, max_new_tokens=8, batch_size=2)
+    tiny.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "model")
+    processor = AutoProcessor.from_pretrained(tmp_path / "model")
+    reloaded = FakeVLM(model, processor)
+    assert reloaded.generate(images, QUESTION, max_new_tokens=8, batch_size=2) == before
+    for name, tensor in tiny.model.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+
+
+def test_batched_generation_equals_one_at_a_time(tiny, labelled_images):
+    images = [image for _, image, *_ in labelled_images[:4]]
+    batched = tiny.generate(images, QUESTION, max_new_tokens=8, batch_size=4)
+    single = [tiny.generate([image], QUESTION, max_new_tokens=8, batch_size=1)[0] for image in images]
+    assert batched == single
