@@ -1,0 +1,55 @@
+import json
+
+import pandas as pd
+import pytest
+
+from fakevlm.model import FakeVLM
+from fakevlm.pipelines.evaluation.nodes import compute_metrics, evaluate, flatten_metrics
+
+from ...conftest import QUESTION
+
+
+def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_images, tmp_path):
+    rows = []
+    for i, image, label, answer in labelled_images[:6]:
+        path = tmp_path / f"{i}.png"
+        image.save(path)
+        rows.append({"id": i, "image_path": str(path), "category": "animal" if int(i[-1]) % 3 else "doc",
+                     "label": label, "artifact_family": None, "answer": answer, "split": "test"})
+    rows.append(dict(rows[0], id="train-only", split="train"))
+    manifest = pd.DataFrame(rows)
+    model = FakeVLM.from_pretrained(saved_tiny_model)
+    params = {"benchmarks": {"mini": "test"}, "max_new_tokens": 12, "batch_size": 4}
+
+    predictions, metrics, mlflow_metrics = evaluate(model, manifest, params, QUESTION)
+
+    assert list(predictions["id"]) == [r["id"] for r in rows[:6]]  # the test split only, in order
+    assert predictions["prediction"].tolist() == model.generate(
+        [image for _, image, *_ in labelled_images[:6]], QUESTION, 12
+    )
+    mini = metrics["mini"]
+    assert mini["n"] == 6 and set(mini["per_category"]) == {"animal", "doc"}
+    parsed = predictions["predicted_label"]
+    assert mini["accuracy"] == pytest.approx((parsed == predictions["label"]).mean())
+    assert mlflow_metrics["mini.accuracy"] == {"value": mini["accuracy"], "step": 0}
+    assert "mini.per_category.doc.rouge_l" in mlflow_metrics
+    json.dumps(metrics)
+
+
+def test_compute_metrics_per_benchmark():
+    predictions = pd.DataFrame(
+        {
+            "benchmark": ["a", "a", "b", "b"],
+            "prediction": ["This is a fake image. x", "This is a real image. y", "This is a real image. y", "nonsense"],
+            "reference": ["This is a fake image. x", "This is a fake image. x", "This is a real image. y", "This is a real image. y"],
+            "label": ["fake", "fake", "real", "real"],
+            "category": ["doc", "doc", "scene", "scene"],
+        }
+    )
+    metrics = compute_metrics(predictions)
+    assert metrics["a"]["accuracy"] == 0.5 and metrics["b"]["accuracy"] == 0.5
+    assert metrics["b"]["n_unparsed"] == 1
+
+
+def test_flatten_metrics_keeps_numbers_only():
+    assert flatten_metrics({"a": {"b": 1, "c": "text", "d": {"e": 0.5}}, "f": True}) == {"a.b": 1.0, "a.d.e": 0.5}
