@@ -1,1 +1,5 @@
 """The training stage."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

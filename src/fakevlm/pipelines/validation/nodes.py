@@ -19,7 +19,8 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 
-# Columns the suite reads; a manifest without them is a schema error, not a row-level failure.
+# Columns the suite reads and every row needs a value in; a manifest without one of them is a
+# schema error, not a row-level failure.
 REQUIRED_COLUMNS = ("id", "image_path", "label", "category", "split", "width", "height", "answer")
 
 
@@ -48,8 +49,9 @@ def image_facts(image_paths: pd.Series) -> pd.DataFrame:
     """
     rows = []
     for path in image_paths:
-        exists = isinstance(path, str) and Path(path).is_file()
-        # A missing file leaves the decode facts empty, so GX (which skips nulls) reports it once.
+        # A fact that cannot be known (no path, so no file; no file, so nothing to decode) stays empty:
+        # GX skips nulls, so each fault is reported once, by the check that names its cause.
+        exists = Path(path).is_file() if isinstance(path, str) else None
         facts: dict[str, Any] = {"file_exists": exists, "decodes": None, "decoded_width": None,
                                  "decoded_height": None, "image_mode": None, "decode_error": None}
         if exists:
@@ -64,7 +66,8 @@ def image_facts(image_paths: pd.Series) -> pd.DataFrame:
     facts_frame = pd.DataFrame(rows, columns=["file_exists", "decodes", "decoded_width", "decoded_height",
                                               "image_mode", "decode_error"], index=image_paths.index)
     # Nullable dtypes keep "no value" distinct from False/0 and print sizes as integers.
-    return facts_frame.astype({"decodes": "boolean", "decoded_width": "Int64", "decoded_height": "Int64"})
+    return facts_frame.astype({"file_exists": "boolean", "decodes": "boolean",
+                               "decoded_width": "Int64", "decoded_height": "Int64"})
 
 
 def _great_expectations() -> ModuleType:
@@ -101,7 +104,9 @@ def build_checks(params: dict[str, Any]) -> list[Check]:
         return "is not one of " + literal(", ".join(params[key]))
 
     width, height, length = params["width"], params["height"], params["answer_length"]
-    add("id_not_null", gxe.ExpectColumnValuesToNotBeNull, "id is missing", column="id")
+    # The other expectations skip nulls, so each required value is first checked to be there.
+    for column in REQUIRED_COLUMNS:
+        add(f"{column}_not_null", gxe.ExpectColumnValuesToNotBeNull, f"{column} is missing", column=column)
     add("id_unique", gxe.ExpectColumnValuesToBeUnique, "id {id!r} is not unique", column="id")
     add("label_in_set", gxe.ExpectColumnValuesToBeInSet, "label {label!r} " + one_of("labels"),
         column="label", value_set=params["labels"])
@@ -114,18 +119,19 @@ def build_checks(params: dict[str, Any]) -> list[Check]:
         column="decodes", value_set=[True])
     add("image_mode_in_set", gxe.ExpectColumnValuesToBeInSet, "image mode {image_mode!r} " + one_of("image_modes"),
         column="image_mode", value_set=params["image_modes"])
-    add("width_in_range", gxe.ExpectColumnValuesToBeBetween, f"width {{width}} is outside {width['min']}..{width['max']}",
+    add("width_in_range", gxe.ExpectColumnValuesToBeBetween,
+        f"width {{width}} is outside {width['min']}..{width['max']}",
         column="width", min_value=width["min"], max_value=width["max"])
     add("height_in_range", gxe.ExpectColumnValuesToBeBetween,
         f"height {{height}} is outside {height['min']}..{height['max']}",
         column="height", min_value=height["min"], max_value=height["max"])
     # Rows whose image did not decode have no decoded size; image_decodes already names them.
-    add("width_matches_image", gxe.ExpectColumnPairValuesToBeEqual, "width {width} differs from the image's {decoded_width}",
+    add("width_matches_image", gxe.ExpectColumnPairValuesToBeEqual,
+        "width {width} differs from the image's {decoded_width}",
         column_A="width", column_B="decoded_width", ignore_row_if="either_value_is_missing")
     add("height_matches_image", gxe.ExpectColumnPairValuesToBeEqual,
         "height {height} differs from the image's {decoded_height}",
         column_A="height", column_B="decoded_height", ignore_row_if="either_value_is_missing")
-    add("answer_not_null", gxe.ExpectColumnValuesToNotBeNull, "answer is missing", column="answer")
     add("answer_length", gxe.ExpectColumnValueLengthsToBeBetween,
         f"answer length is outside {length['min']}..{length['max']} characters",
         column="answer", min_value=length["min"], max_value=length["max"])
@@ -170,9 +176,7 @@ def _plain(value: Any) -> Any:
     """A JSON-friendly Python value: numpy scalars unwrapped, missing values as None."""
     if isinstance(value, np.generic):
         value = value.item()
-    if not isinstance(value, (list, dict)) and pd.isna(value):
-        return None
-    return value
+    return None if pd.api.types.is_scalar(value) and pd.isna(value) else value
 
 
 def _column_label(expectation: Any) -> str:
@@ -233,7 +237,7 @@ def _failure_message(report: dict[str, Any], fraction: float, params: dict[str, 
     lines = [f"Data validation failed: {report['n_failed_rows']} of {report['n_rows']} rows "
              f"({fraction:.1%}) fail, more than the tolerated {tolerated:.1%}.", "Failed expectations:"]
     lines += [f"  - {entry['check']} ({entry['expectation']} on {entry['column']}): "
-              f"{entry['unexpected_count']} rows, e.g. ids {entry['failed_ids']}"
+              f"{entry['unexpected_count']} failing, e.g. ids {entry['failed_ids']}"
               for entry in report["expectations"] if not entry["success"]]
     shown = report["failed_rows"][: params["max_rows_in_error"]]
     lines.append("First failing rows:")
