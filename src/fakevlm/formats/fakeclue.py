@@ -27,6 +27,8 @@ CATEGORIES = ("animal", "human", "object", "scene", "satellite", "doc", "deepfak
 LABELS = {0: "fake", 1: "real"}
 LABEL_CODES = {name: code for code, name in LABELS.items()}
 PROMPT = "<image>Does the image looks real/fake?"  # sic, as stored in FakeClue
+# How PNGs are written: fixed settings, so the same pixels always give the same bytes.
+PNG_SAVE_ARGS = {"format": "PNG", "compress_level": 6}
 
 # The manifest: the interface every later stage reads. Order matters for readability only.
 MANIFEST_COLUMNS = (
@@ -45,6 +47,12 @@ MANIFEST_COLUMNS = (
     "reference_answer",
     "original",
 )
+# pandas' own string dtype for text: missing values are NA (pd.isna) both here and after a Parquet
+# round trip, where object columns of None would come back as str columns of NaN.
+MANIFEST_DTYPES = {
+    column: {"width": "int64", "height": "int64", "artifact_strength": "float64"}.get(column, "str")
+    for column in MANIFEST_COLUMNS
+}
 
 
 def split_paths(root: str | Path, split: str) -> dict[str, str]:
@@ -74,7 +82,7 @@ def read_fakeclue(
     ]
     frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     frame["id"] = _unique_ids(frame["id"].tolist(), ann_path)
-    frame = frame.astype({"width": "int64", "height": "int64", "artifact_strength": "float64"})
+    frame = frame.astype(MANIFEST_DTYPES)
     return frame.sort_values(["split", "id"], kind="stable").reset_index(drop=True)
 
 
@@ -223,9 +231,9 @@ def _unique_ids(ids: list[str], path: Path) -> list[str]:
 
 
 def _save_image(image: Image.Image, path: Path) -> None:
-    """Save with the format its suffix names; PNG without optimisation passes, so it is repeatable."""
+    """Save with the format its suffix names; PNGs with PNG_SAVE_ARGS, so the bytes are repeatable."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".png":
-        image.save(path, format="PNG", compress_level=6)
+        image.save(path, **PNG_SAVE_ARGS)
     else:
         image.save(path)

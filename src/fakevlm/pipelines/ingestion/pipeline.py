@@ -1,0 +1,12 @@
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import build_fakeclue_mini, build_manifest
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(build_fakeclue_mini, "params:ingestion.fakeclue_mini", "fakeclue_mini", name="build_fakeclue_mini"),
+            Node(build_manifest, ["fakeclue_mini", "params:ingestion"], "manifest", name="build_manifest"),
+        ]
+    )

@@ -1,0 +1,85 @@
+"""`kedro run` end to end, as a user runs it, on a copy of the project shrunk to seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from fakevlm.pipeline_registry import STAGES
+
+from .conftest import PROJECT_ROOT
+
+# conf/local of the copy: the same stages, on a few images and a few steps
+TINY = {
+    "ingestion": {"fakeclue_mini": {"per_category": {"train": 4, "test": 2}}},
+    "training": {
+        "model": {
+            "tokenizer_vocab_size": 300,
+            "vision": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},
+            "text": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2},
+        },
+        "stages": {
+            "vision_warmup": {"max_steps": 2, "per_device_train_batch_size": 4},
+            "instruction": {"max_steps": 2, "per_device_train_batch_size": 4},
+        },
+    },
+    "evaluation": {"max_new_tokens": 8},
+}
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
+    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("credentials.yml"))
+    for layer in ("01_raw", "02_intermediate", "03_primary", "05_model_input", "06_models", "07_model_output", "08_reporting"):
+        (root / "data" / layer).mkdir(parents=True)
+    (root / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(TINY))
+    return root
+
+
+def kedro_run(project, *args):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}", KEDRO_DISABLE_TELEMETRY="true")
+    result = subprocess.run(
+        [sys.executable, "-m", "kedro", "run", *args], cwd=project, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def test_kedro_run_end_to_end_then_each_pipeline_alone(project):
+    kedro_run(project)
+
+    metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())["fakeclue_mini_test"]
+    assert metrics["n"] == 7 * 2
+    for key in ("accuracy", "f1", "rouge_l", "css"):
+        assert 0.0 <= metrics[key] <= 1.0
+        assert set(metrics["per_category"]) == {"animal", "human", "object", "scene", "satellite", "doc", "deepfake"}
+        assert all(key in per for per in metrics["per_category"].values())
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("fakevlm", "champion")
+    run = client.get_run(champion.run_id)
+    assert run.data.params["training.stages.instruction.max_steps"] == "2"  # kedro-mlflow logged params
+    assert "fakeclue_mini_test.accuracy" in run.data.metrics
+    assert "train.instruction.loss" in run.data.metrics
+
+    model_dir = project / "data/06_models/fakevlm"
+    assert (model_dir / "model.safetensors").is_file()
+    LlavaForConditionalGeneration.from_pretrained(model_dir)
+    AutoProcessor.from_pretrained(model_dir)
+
+    for name in STAGES:
+        kedro_run(project, "--pipelines", name)
+    decision = json.loads((project / "data/08_reporting/registry_decision.json").read_text())
+    assert decision["version"] == "2" and decision["model_name"] == "fakevlm"
