@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 import transformers.training_args as hf_training_args
 from omegaconf import OmegaConf
 
@@ -67,3 +68,19 @@ def test_gpu_recipe_builds_training_arguments(monkeypatch, tmp_path):
 def test_base_and_gpu_training_params_load():
     assert load_params("training")["model"]["pretrained"] is None
     assert load_params("training", "gpu")["model"]["dtype"] == "bfloat16"
+
+
+def test_warmup_weights_reach_the_llava(training_params, labelled_images):
+    """Stage 1 trains copies (DeepSpeed hooks stay on them); its result must be in the model."""
+    from fakevlm.training import VisionVerdictClassifier
+
+    examples = [Example(i, image, answer, label) for i, image, label, answer in labelled_images]
+    processor = build_processor(train_tokenizer([e.answer for e in examples], 300), training_params["model"])
+    model = build_tiny_model(processor, training_params["model"])
+    classifier = VisionVerdictClassifier(model)
+    before = {k: v.clone() for k, v in model.model.vision_tower.state_dict().items()}
+    for p in classifier.vision_tower.parameters():
+        p.data.add_(1.0)
+    assert all(torch.equal(before[k], v) for k, v in model.model.vision_tower.state_dict().items())
+    classifier.copy_into(model)
+    assert all(torch.equal(before[k] + 1.0, v) for k, v in model.model.vision_tower.state_dict().items())

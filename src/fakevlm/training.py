@@ -9,6 +9,7 @@ Stage 2 (instruction tuning): the whole LLaVA learns the answer text; loss on an
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -107,16 +108,19 @@ def collate_verdicts(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torc
 
 
 class VisionVerdictClassifier(nn.Module):
-    """LLaVA's vision tower and projector with a linear real/fake head on the pooled image tokens.
+    """Copies of LLaVA's vision tower and projector with a linear real/fake head on the pooled
+    image tokens.
 
     The features are taken exactly as LLaVA takes them (same layer, CLS dropped), so what the
-    tower and projector learn here is what the language model receives in stage 2.
+    tower and projector learn here is what the language model receives in stage 2. They are
+    copies because a DeepSpeed engine leaves gradient hooks on the parameters it trained; shared
+    parameters would fire stage 1's hooks during stage 2. `copy_into` hands the weights back.
     """
 
     def __init__(self, llava: LlavaForConditionalGeneration):
         super().__init__()
-        self.vision_tower = llava.model.vision_tower
-        self.projector = llava.model.multi_modal_projector
+        self.vision_tower = copy.deepcopy(llava.model.vision_tower)
+        self.projector = copy.deepcopy(llava.model.multi_modal_projector)
         self.feature_layer = llava.config.vision_feature_layer
         self.head = nn.Linear(llava.config.text_config.hidden_size, len(LABEL_IDS))
 
@@ -128,6 +132,10 @@ class VisionVerdictClassifier(nn.Module):
         if labels is not None:
             out["loss"] = F.cross_entropy(logits, labels)
         return out
+
+    def copy_into(self, llava: LlavaForConditionalGeneration) -> None:
+        llava.model.vision_tower.load_state_dict(self.vision_tower.state_dict())
+        llava.model.multi_modal_projector.load_state_dict(self.projector.state_dict())
 
 
 def free_port() -> int:
@@ -182,6 +190,7 @@ def train(
     if warmup and warmup.get("max_steps", 0) > 0:
         classifier = VisionVerdictClassifier(model)
         history["vision_warmup"] = run_trainer(classifier, encoded, collate_verdicts, warmup)
+        classifier.copy_into(model)
     history["instruction"] = run_trainer(
         model, encoded, collate_answers(processor.tokenizer.pad_token_id), stages["instruction"]
     )
