@@ -27,8 +27,8 @@ TINY = {
             "text": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2},
         },
         "stages": {
-            "vision_warmup": {"max_steps": 2, "per_device_train_batch_size": 4},
-            "instruction": {"max_steps": 2, "per_device_train_batch_size": 4},
+            "vision_warmup": {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1},
+            "instruction": {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1},
         },
     },
     "evaluation": {"max_new_tokens": 8},
@@ -41,6 +41,7 @@ pytestmark = pytest.mark.e2e
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
+    shutil.copytree(PROJECT_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("credentials.yml"))
     for layer in ("01_raw", "02_intermediate", "03_primary", "05_model_input", "06_models", "07_model_output", "08_reporting"):
         (root / "data" / layer).mkdir(parents=True)
@@ -71,8 +72,8 @@ def test_kedro_run_end_to_end_then_each_pipeline_alone(project):
     champion = client.get_model_version_by_alias("fakevlm", "champion")
     run = client.get_run(champion.run_id)
     assert run.data.params["training.stages.instruction.max_steps"] == "2"  # kedro-mlflow logged params
-    assert "fakeclue_mini_test.accuracy" in run.data.metrics
-    assert "train.instruction.loss" in run.data.metrics
+    assert "evaluation.fakeclue_mini_test.accuracy" in run.data.metrics
+    assert "training.instruction.loss" in run.data.metrics
 
     model_dir = project / "data/06_models/fakevlm"
     assert (model_dir / "model.safetensors").is_file()

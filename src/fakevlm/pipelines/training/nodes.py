@@ -48,13 +48,13 @@ def build_model(examples: list[Example], params: dict[str, Any]) -> FakeVLM:
 
 
 def history_as_mlflow_metrics(history: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
-    """Trainer log history as kedro-mlflow metric series, e.g. `train.instruction.loss`."""
+    """Trainer log history as kedro-mlflow metric series, e.g. `instruction.loss`."""
     metrics: dict[str, list[dict[str, float]]] = {}
     for stage, entries in history.items():
         for entry in entries:
             for key in ("loss", "grad_norm", "learning_rate", "train_loss", "train_runtime"):
                 if key in entry:
-                    metrics.setdefault(f"train.{stage}.{key}", []).append(
+                    metrics.setdefault(f"{stage}.{key}", []).append(
                         {"step": int(entry["step"]), "value": float(entry[key])}
                     )
     return metrics
