@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def predict(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, Any], question: str) -> pd.DataFrame:
     """One row per benchmark image: the generated answer, its parsed verdict and the reference."""
     frames = []
-    for benchmark, split in sorted(params["benchmarks"].items()):
+    for split, benchmark in sorted(params["benchmarks"].items()):
         examples = load_examples(manifest, split)
         answers = fakevlm_model.generate(
             [e.image for e in examples], question, params["max_new_tokens"], params["batch_size"]

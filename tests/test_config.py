@@ -1,0 +1,31 @@
+"""The Kedro configuration as `kedro run` and `kedro run --env gpu` see it."""
+
+from kedro.config import OmegaConfigLoader
+
+from fakevlm.settings import CONFIG_LOADER_ARGS
+
+from .conftest import PROJECT_ROOT
+
+
+def parameters(env):
+    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), env=env, **{k: v for k, v in CONFIG_LOADER_ARGS.items() if k != "default_run_env"})
+    return loader["parameters"]
+
+
+def test_gpu_env_overrides_only_what_it_states():
+    base, gpu = parameters("local"), parameters("gpu")
+    assert gpu["training"]["model"]["pretrained"] == "llava-hf/llava-1.5-7b-hf"
+    assert gpu["training"]["stages"]["instruction"]["learning_rate"] == 2e-5
+    # soft merge: keys the gpu env doesn't state come from base
+    assert gpu["training"]["question"] == base["training"]["question"]
+    assert gpu["training"]["stages"]["instruction"]["remove_unused_columns"] is False
+    assert gpu["evaluation"]["benchmarks"] == {"test": "fakeclue_test"}
+    assert [s["name"] for s in gpu["ingestion"]["sources"]] == ["fakeclue_train", "fakeclue_test"]
+    assert base["ingestion"]["sources"] == []
+    assert gpu["registry"]["benchmark"] == "fakeclue_test"
+
+
+def test_every_stage_has_its_parameters_file():
+    for stage in ("ingestion", "annotation", "validation", "training", "evaluation", "registry"):
+        assert (PROJECT_ROOT / "conf" / "base" / f"parameters_{stage}.yml").is_file()
+        assert stage in parameters("local")
