@@ -23,10 +23,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-run: setup
+run: setup  # the run ends by logging where the metrics and the MLflow store are
 	$(BIN)/kedro run
-	@echo "metrics:      data/08_reporting/metrics.json"
-	@echo "MLflow store: $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} (view: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1)"
 
 test: setup
 	$(BIN)/python -m pytest

@@ -2,9 +2,11 @@
 
 from kedro.config import OmegaConfigLoader
 from kedro_mlflow.framework.hooks import MlflowHook
+
+from fakevlm.hooks import ResultLocationsHook
 from omegaconf.resolvers import oc
 
-HOOKS = (MlflowHook(),)
+HOOKS = (MlflowHook(), ResultLocationsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
