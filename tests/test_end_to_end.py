@@ -54,8 +54,17 @@ def kedro_run(project, *args):
     result = subprocess.run(
         [sys.executable, "-m", "kedro", "run", *args], cwd=project, env=env, capture_output=True, text=True, timeout=900
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert result.returncode == 0, failure_excerpt(result.stdout + result.stderr)
     return result
+
+
+def failure_excerpt(output: str) -> str:
+    """The node's own error (Kedro logs it before the hooks' noise), else the tail of the log."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if "failed with error" in line or "Traceback" in line:
+            return "\n".join(lines[max(0, i - 5) : i + 80])
+    return "\n".join(lines[-80:])
 
 
 def test_kedro_run_end_to_end_then_each_pipeline_alone(project):
