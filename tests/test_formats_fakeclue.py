@@ -17,6 +17,12 @@ from fakevlm.datasets import FakeClueDataset
 from fakevlm.formats.fakeclue import MANIFEST_COLUMNS, PROMPT, read_fakeclue, write_fakeclue_split
 
 
+def _read(annotations, root, source: str, split: str, **extra) -> tuple[pd.DataFrame, list[dict]]:
+    """read_fakeclue on one split, decoding in this process (workers 0) unless told otherwise."""
+    return read_fakeclue({"name": source, "format": "fakeclue", "annotations": str(annotations),
+                          "images": str(root), "split": split, "workers": 0, **extra})
+
+
 def _picture(seed: int, size: tuple[int, int] = (12, 10)) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     return Image.fromarray(pixels)
@@ -50,7 +56,7 @@ def test_round_trip_through_dataset_and_reader(tmp_path):
     loaded = dataset.load()
 
     assert sorted(loaded) == ["test", "train"]
-    frames = {split: read_fakeclue(p["annotations"], p["images_root"], source=f"mini_{split}", split=split)
+    frames = {split: _read(p["annotations"], p["images_root"], f"mini_{split}", split)[0]
               for split, p in loaded.items()}
     train = frames["train"]
     assert tuple(train.columns) == MANIFEST_COLUMNS
@@ -151,7 +157,8 @@ def real_fakeclue(tmp_path) -> tuple[Path, Path]:
 
 def test_reads_real_fakeclue_records(real_fakeclue):
     annotations, root = real_fakeclue
-    frame = read_fakeclue(annotations, root, source="fakeclue_test", split="test")
+    frame, rejects = _read(annotations, root, "fakeclue_test", "test", workers=2)  # through the process pool
+    assert rejects == [] and len(frame) == 3
     assert frame["id"].tolist() == sorted(frame["id"])
     by_image = frame.set_index("id")
     row = by_image.loc["fakeclue_test/test/ff++/fake/Deepfakes/c23/frames/071_054/160.png"]
@@ -165,64 +172,77 @@ def test_reads_real_fakeclue_records(real_fakeclue):
     assert frame["artifact_family"].isna().all() and frame["artifact_strength"].isna().all()
 
 
-def test_repeated_image_gets_a_unique_id(real_fakeclue):
+def test_repeated_image_is_quarantined(real_fakeclue):
     annotations, root = real_fakeclue
     records = json.loads(annotations.read_text())
     annotations.write_text(json.dumps([*records, records[0]]))
-    frame = read_fakeclue(annotations, root, source="s", split="test")
-    assert frame["id"].is_unique and len(frame) == 4
-    assert "s/test/ff++/fake/Deepfakes/c23/frames/071_054/160.png#3" in set(frame["id"])
+    frame, rejects = _read(annotations, root, "s", "test")
+    assert frame["id"].is_unique and len(frame) == 3
+    assert [r["record"] for r in rejects] == [f"{annotations}: record 3"]
+    assert rejects[0]["reason"].startswith("duplicate_path:") and "record 0" in rejects[0]["reason"]
 
 
-def _break(annotations: Path, root: Path, how: str) -> tuple[type[Exception], list[str]]:
-    """Damage the fixture one way; return the expected error type and strings its message must hold."""
+def _break(annotations: Path, root: Path, how: str) -> tuple[type[Exception] | str, list[str]]:
+    """Damage the fixture one way; return the expected error type (or reject kind) and strings its message holds."""
     records = json.loads(annotations.read_text())
     first = str(root / records[1]["image"])
     if how == "missing json":
         annotations.unlink()
         return FileNotFoundError, [str(annotations), "not found"]
     if how == "invalid json":
-        annotations.write_text('[{"image": "a.png",')
-        return ValueError, [str(annotations), "invalid JSON"]
+        annotations.write_text('[{"image": "a.png",\n  "label": 0,,')
+        return ValueError, [str(annotations), "invalid JSON", "line 2, column 14"]
     if how == "not a list":
         annotations.write_text('{"image": "a.png"}')
         return ValueError, [str(annotations), "list"]
+    kind, expected = "bad_label", [str(annotations), "record 1", "label"]
     if how in ("image", "label", "cate"):
         del records[1][how]
-        expected = [str(annotations), "record 1", repr(how)]
+        kind, expected = "missing_field", [str(annotations), "record 1", repr(how)]
     elif how == "label 2":
         records[1]["label"] = 2
-        expected = [str(annotations), "record 1", "label"]
     elif how == "unknown cate":
         records[1]["cate"] = "cartoon"
-        expected = [str(annotations), "record 1", "cartoon"]
+        kind, expected = "unknown_category", [str(annotations), "record 1", "cartoon"]
+    elif how in ("dotdot", "absolute"):
+        records[1]["image"] = "../outside.png" if how == "dotdot" else "/etc/passwd"
+        kind, expected = "unsafe_path", [str(annotations), "record 1", records[1]["image"]]
     elif how == "image missing":
         Path(first).unlink()
-        annotations.write_text(json.dumps(records))
-        return FileNotFoundError, [str(annotations), "record 1", first, "not found"]
-    elif how == "image not decodable":
-        Path(first).write_bytes(b"this is not a png")
-        return ValueError, [str(annotations), "record 1", first, "not decodable"]
-    elif how == "image truncated":
+        kind, expected = "image_missing", [str(annotations), "record 1", first, "not found"]
+    elif how in ("image not decodable", "image truncated"):
         data = Path(first).read_bytes()
-        Path(first).write_bytes(data[: len(data) // 2])
-        return ValueError, [str(annotations), "record 1", first, "not decodable"]
+        Path(first).write_bytes(b"this is not a png" if how == "image not decodable" else data[: len(data) // 2])
+        kind, expected = "image_undecodable", [str(annotations), "record 1", first, "not decodable"]
     annotations.write_text(json.dumps(records))
-    return ValueError, expected
+    return kind, expected
+
+
+@pytest.mark.parametrize("how", ["missing json", "invalid json", "not a list"])
+def test_bad_file_fails_the_source_naming_it(real_fakeclue, how):
+    annotations, root = real_fakeclue
+    error, expected = _break(annotations, root, how)
+    with pytest.raises(error) as caught:
+        _read(annotations, root, "fakeclue_test", "test")
+    for text in expected:
+        assert text in str(caught.value), (text, str(caught.value))
 
 
 @pytest.mark.parametrize(
     "how",
-    ["missing json", "invalid json", "not a list", "image", "label", "cate", "label 2", "unknown cate",
-     "image missing", "image not decodable", "image truncated"],
+    ["image", "label", "cate", "label 2", "unknown cate", "dotdot", "absolute", "image missing",
+     "image not decodable", "image truncated"],
 )
-def test_bad_input_names_the_file_and_the_record(real_fakeclue, how):
+def test_bad_record_is_quarantined_naming_the_file_and_the_record(real_fakeclue, how):
     annotations, root = real_fakeclue
-    error, expected = _break(annotations, root, how)
-    with pytest.raises(error) as caught:
-        read_fakeclue(annotations, root, source="fakeclue_test", split="test")
+    kind, expected = _break(annotations, root, how)
+    frame, rejects = _read(annotations, root, "fakeclue_test", "test")
+    assert len(frame) == 2 and len(rejects) == 1  # the other two records are unaffected
+    reject = rejects[0]
+    assert reject["record"] == f"{annotations}: record 1" and reject["stage"] == "ingestion"
+    assert reject["reason"].startswith(f"{kind}: ")
     for text in expected:
-        assert text in str(caught.value), (text, str(caught.value))
+        assert text in reject["reason"], (text, reject["reason"])
 
 
 def test_writer_refuses_records_without_images(tmp_path):
@@ -235,7 +255,7 @@ def test_writer_refuses_records_without_images(tmp_path):
 
 def test_reader_output_is_parquet_safe(tmp_path, real_fakeclue):
     annotations, root = real_fakeclue
-    frame = read_fakeclue(annotations, root, source="fakeclue_test", split="test")
+    frame, _ = _read(annotations, root, "fakeclue_test", "test")
     frame.to_parquet(tmp_path / "m.parquet")
     back = pd.read_parquet(tmp_path / "m.parquet")
     pd.testing.assert_frame_equal(back, frame)  # same values and dtypes after a Parquet round trip

@@ -1,11 +1,14 @@
 """FakeClue-mini: a small, offline, deterministic data set in FakeClue's format.
 
 Real images are random crops of photographs that installed packages ship (scikit-image,
-scikit-learn, matplotlib) plus documents rendered with Pillow's default font. Fakes are other
-random crops passed through an artifact simulator: one small pure function per artifact family,
-each modelled on a trace that the literature finds in generated images. Every image, real or fake,
-ends with the same step (sensor-like grain, then lossless PNG), so nothing at the file level tells
-the label. All numbers live in `conf/base/parameters_ingestion.yml` (`ingestion.fakeclue_mini`).
+scikit-learn, matplotlib; Tux Paint stamps and xplanet's Blue Marble when those Debian packages
+are installed) plus documents rendered with Pillow's default font. Fakes are other random crops
+passed through an artifact simulator: one small pure function per artifact family, each modelled
+on a trace that the literature finds in generated images. One family is held out of `train` and
+`test` and makes the only fakes of `test_heldout`, to measure generalisation to an unseen
+generator. Every image, real or fake, ends with the same step (sensor-like grain, then lossless
+PNG), so nothing at the file level tells the label. All numbers live in
+`conf/base/parameters_ingestion.yml` (`ingestion.fakeclue_mini`).
 
 This module is pure: `build(params)` returns PIL images and FakeClue records; it writes nothing.
 """
@@ -17,7 +20,7 @@ import hashlib
 import io
 import math
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,14 @@ WHOLE_IMAGE = "the whole image"
 FACE = "the face"
 # (row, column) of a quadrant -> how an answer names it.
 QUADRANTS = {(0, 0): "the upper left", (0, 1): "the upper right", (1, 0): "the lower left", (1, 1): "the lower right"}
+# (row, column) on a 3x3 grid -> how an answer names a box centred there.
+PLACES = {
+    (0, 0): "the upper left", (0, 1): "the top centre", (0, 2): "the upper right",
+    (1, 0): "the left side", (1, 1): "the centre", (1, 2): "the right side",
+    (2, 0): "the lower left", (2, 1): "the bottom centre", (2, 2): "the lower right",
+}  # fmt: skip
+LINE_WORDS = {0: "near the top", 1: "in the middle", 2: "near the bottom"}  # third of the height
+HELDOUT_SPLIT = "test_heldout"  # validation and evaluation look for this split name
 # Transposed-convolution kernels that up-sample by 2 without artifacts (bilinear), by size, and the
 # crop that aligns the zero-inserted, convolved signal with the input grid.
 _BILINEAR = {3: np.array([0.5, 1.0, 0.5]), 4: np.array([0.25, 0.75, 0.75, 0.25])}
@@ -45,22 +56,24 @@ class Photo:
     name: str
     spec: Mapping[str, Any]
     images: list[Image.Image] = field(default_factory=list)  # empty: rendered per use (documents)
+    files: list[Path] = field(default_factory=list)  # kind folder: files opened per use
+    root: Path = Path()  # the package folder `files` are relative to
 
 
 # --------------------------------------------------------------------------------------------
 # The data set
 # --------------------------------------------------------------------------------------------
 
-
 def build(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """All splits: `{split: {"records": [record, ...], "images": {record image path: PIL image}}}`.
 
-    Records are sorted by image path; the same params give the same pixels and records.
+    Records are sorted by image path; the same params give the same pixels and records. The split
+    named `heldout_split` holds only the held-out family's fakes; every other split never has one.
     """
     unknown = set(params["categories"]) - set(CATEGORIES)
     if unknown:
         raise ValueError(f"fakeclue_mini: unknown categories {sorted(unknown)}; expected {CATEGORIES}")
-    photos = load_photos(params["photos"])
+    photos = load_photos(params["photos"], params.get("debian_roots") or {})
     board = params["checkerboard"]
     perturbation = checkerboard_perturbation(board["kernel"], board["kernel_seed"], board["texture"])
     splits: dict[str, dict[str, Any]] = {}
@@ -90,10 +103,11 @@ def make_example(
     pixels, origin = _draw_crop(params, photos, category, rng)
     artifact = None
     if label == "fake":
-        family = _family(params["families"], category, index // 2)
+        family = family_for(params, split, category, index // 2)
         lo, hi = params["strength"]
         strength = round(float(rng.uniform(lo, hi)), 3)
-        pixels, region = _apply(family, pixels, strength, rng, params, photos, category, perturbation)
+        scene = Scene(params, photos, category, perturbation)
+        pixels, region = SIMULATORS[family](pixels, strength, rng, scene)
         artifact = {"family": family, "region": region, "strength": strength}
     image = finish(pixels, rng, **params["finish"])
     size = params["image_size"]
@@ -121,42 +135,193 @@ def _code(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
-def _family(families: Mapping[str, Mapping[str, int]], category: str, ordinal: int) -> str:
-    """Families in exact shares: the n-th fake of a category takes the n-th slot of a weighted cycle."""
-    weights = families.get(category, families["default"])
+def family_for(params: Mapping[str, Any], split: str, category: str, ordinal: int) -> str:
+    """The family of a category's n-th fake in a split.
+
+    The held-out family (one unseen "generator") is the only family of the held-out split and
+    never appears in any other split, so that split measures generalisation to it.
+    """
+    heldout = params.get("heldout_family")
+    if heldout and split == params.get("heldout_split", HELDOUT_SPLIT):
+        return str(heldout)
+    weights = params["families"].get(category, params["families"]["default"])
+    kept = {name: weight for name, weight in weights.items() if name != heldout}
+    if not kept:
+        raise ValueError(f"fakeclue_mini: category {category!r} has no family besides the held-out {heldout!r}")
+    return _family(kept, ordinal)
+
+
+def _family(weights: Mapping[str, int], ordinal: int) -> str:
+    """Families in exact shares: the n-th fake takes the n-th slot of a weighted cycle."""
     cycle = [name for name, weight in sorted(weights.items()) for _ in range(int(weight))]
+    unknown = set(cycle) - set(SIMULATORS)
+    if unknown:
+        raise ValueError(f"fakeclue_mini: unknown artifact families {sorted(unknown)}; known: {sorted(SIMULATORS)}")
     return cycle[ordinal % len(cycle)]
 
 
-def _apply(
-    family: str,
-    pixels: np.ndarray,
-    strength: float,
-    rng: np.random.Generator,
-    params: Mapping[str, Any],
-    photos: Mapping[str, Photo],
-    category: str,
-    perturbation: np.ndarray,
+# --------------------------------------------------------------------------------------------
+# From a family name to a simulator call: parameters, donor pictures and the region's words
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What a simulator may need beyond the pixels: the config, other pictures, the category."""
+
+    params: Mapping[str, Any]
+    photos: Mapping[str, Photo]
+    category: str
+    perturbation: np.ndarray
+
+    def donor(self, rng: np.random.Generator) -> np.ndarray:
+        """Another crop of the same category (a second photograph to paste from)."""
+        return _draw_crop(self.params, self.photos, self.category, rng)[0]
+
+
+Simulator = Callable[[np.ndarray, float, np.random.Generator, Scene], tuple[np.ndarray, str]]
+
+
+def _confinable(run: Callable[[np.ndarray, float, np.random.Generator, Scene], np.ndarray]) -> Simulator:
+    """A whole-image simulator whose effect is kept in one random quadrant in `quadrant_share` of fakes.
+
+    A generator that inpaints or edits part of a picture leaves its trace only there; the region
+    word tells the annotation where.
+    """
+
+    def simulate(pixels: np.ndarray, strength: float, rng: np.random.Generator, scene: Scene) -> tuple[np.ndarray, str]:
+        faked = run(pixels, strength, rng, scene)
+        if rng.random() >= scene.params["quadrant_share"]:
+            return faked, WHOLE_IMAGE
+        row, col = int(rng.integers(2)), int(rng.integers(2))
+        half_h, half_w = pixels.shape[0] // 2, pixels.shape[1] // 2
+        rows, cols = slice(row * half_h, (row + 1) * half_h), slice(col * half_w, (col + 1) * half_w)
+        confined = pixels.copy()
+        confined[rows, cols] = faked[rows, cols]
+        return confined, QUADRANTS[(row, col)]
+
+    return simulate
+
+
+@_confinable
+def _simulate_checkerboard(pixels: np.ndarray, strength: float, rng: np.random.Generator, scene: Scene) -> np.ndarray:
+    board = scene.params["checkerboard"]
+    return checkerboard(pixels, strength, scene.perturbation, board["amplitude"], board["detail"])
+
+
+@_confinable
+def _simulate_oversmoothing(pixels: np.ndarray, strength: float, rng: np.random.Generator, scene: Scene) -> np.ndarray:
+    return oversmoothing(pixels, strength, rng, **scene.params["oversmoothing"])
+
+
+@_confinable
+def _simulate_spectral_falloff(
+    pixels: np.ndarray, strength: float, rng: np.random.Generator, scene: Scene
+) -> np.ndarray:
+    return spectral_falloff(pixels, strength, rng, **scene.params["spectral_falloff"])
+
+
+def _simulate_face_blend(
+    pixels: np.ndarray, strength: float, rng: np.random.Generator, scene: Scene
 ) -> tuple[np.ndarray, str]:
-    """Run one simulator; global ones may be confined to a random quadrant. Returns (pixels, region)."""
-    if family == "face_blend":
-        donor, _ = _draw_crop(params, photos, category, rng)
-        return face_blend(pixels, donor, strength, rng, **params["face_blend"]), FACE
-    if family == "checkerboard":
-        board = params["checkerboard"]
-        faked = checkerboard(pixels, strength, perturbation, board["amplitude"], board["detail"])
-    elif family == "oversmoothing":
-        faked = oversmoothing(pixels, strength, rng, **params["oversmoothing"])
-    else:
-        raise ValueError(f"fakeclue_mini: unknown artifact family {family!r}")
-    if rng.random() >= params["quadrant_share"]:
-        return faked, WHOLE_IMAGE
-    row, col = int(rng.integers(2)), int(rng.integers(2))
-    half_h, half_w = pixels.shape[0] // 2, pixels.shape[1] // 2
-    rows, cols = slice(row * half_h, (row + 1) * half_h), slice(col * half_w, (col + 1) * half_w)
-    confined = pixels.copy()
-    confined[rows, cols] = faked[rows, cols]
-    return confined, QUADRANTS[(row, col)]
+    donor = scene.donor(rng)
+    return face_blend(pixels, donor, strength, rng, **scene.params["face_blend"]), FACE
+
+
+def _simulate_splice(
+    pixels: np.ndarray, strength: float, rng: np.random.Generator, scene: Scene
+) -> tuple[np.ndarray, str]:
+    config = dict(scene.params["splice"])
+    size = config.pop("size")
+    box = random_box(pixels.shape[:2], size, size, rng)
+    donor = scene.donor(rng)
+    return splice(pixels, donor, box, strength, rng, **config), f"a patch in {place_words(box, pixels.shape[:2])}"
+
+
+def _simulate_glyph_garble(
+    pixels: np.ndarray, strength: float, rng: np.random.Generator, scene: Scene
+) -> tuple[np.ndarray, str]:
+    config = dict(scene.params["glyph_garble"])
+    box = inkiest_band(pixels, config.pop("band_height"), config.pop("band_width"), rng)
+    where = LINE_WORDS[_third(box, pixels.shape[0])]
+    return glyph_garble(pixels, box, strength, rng, **config), f"a line of text {where}"
+
+
+def _simulate_tile_repeat(
+    pixels: np.ndarray, strength: float, rng: np.random.Generator, scene: Scene
+) -> tuple[np.ndarray, str]:
+    config = dict(scene.params["tile_repeat"])
+    name, box = _half_or_whole(pixels.shape[:2], config.pop("half_share"), rng)
+    return tile_repeat(pixels, box, strength, rng, **config), name
+
+
+# family -> simulator(pixels, strength, rng, scene) -> (pixels, region words)
+SIMULATORS: dict[str, Simulator] = {
+    "checkerboard": _simulate_checkerboard,
+    "oversmoothing": _simulate_oversmoothing,
+    "spectral_falloff": _simulate_spectral_falloff,
+    "face_blend": _simulate_face_blend,
+    "splice": _simulate_splice,
+    "glyph_garble": _simulate_glyph_garble,
+    "tile_repeat": _simulate_tile_repeat,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Regions: boxes (top, left, height, width) and how an answer names them
+# --------------------------------------------------------------------------------------------
+
+Box = tuple[int, int, int, int]
+
+
+def random_box(shape: tuple[int, int], height: list[float], width: list[float], rng: np.random.Generator) -> Box:
+    """A box whose sides are drawn as fractions of the image's, placed uniformly inside it."""
+    size_y, size_x = shape
+    box_h = max(2, int(round(size_y * rng.uniform(*height))))
+    box_w = max(2, int(round(size_x * rng.uniform(*width))))
+    return int(rng.integers(size_y - box_h + 1)), int(rng.integers(size_x - box_w + 1)), box_h, box_w
+
+
+def place_words(box: Box, shape: tuple[int, int]) -> str:
+    """Where a box's centre lies on a 3x3 grid, in words ("the upper left", "the centre", ...)."""
+    top, left, height, width = box
+    row = min(2, int(3 * (top + height / 2) / shape[0]))
+    col = min(2, int(3 * (left + width / 2) / shape[1]))
+    return PLACES[(row, col)]
+
+
+def _third(box: Box, size_y: int) -> int:
+    """0, 1 or 2: the third of the image height that holds the box's centre."""
+    return min(2, int(3 * (box[0] + box[2] / 2) / size_y))
+
+
+def inkiest_band(pixels: np.ndarray, height: float, width: list[float], rng: np.random.Generator) -> Box:
+    """A text-line box: of the band positions one box height apart, the one with the most contrast.
+
+    Garbling blank paper would change nothing visible, so the band with the most ink variation
+    (most text) is taken; its width and horizontal position are random.
+    """
+    size_y, size_x = pixels.shape[:2]
+    box_h = max(2, int(round(size_y * height)))
+    tops = range(0, size_y - box_h + 1, max(1, box_h // 2))
+    top = max(tops, key=lambda t: float(pixels[t : t + box_h].std()))
+    box_w = max(2, int(round(size_x * rng.uniform(*width))))
+    return top, int(rng.integers(size_x - box_w + 1)), box_h, box_w
+
+
+def _half_or_whole(shape: tuple[int, int], half_share: float, rng: np.random.Generator) -> tuple[str, Box]:
+    """The whole image, or in `half_share` of cases one random half of it, with its name."""
+    size_y, size_x = shape
+    if rng.random() >= half_share:
+        return WHOLE_IMAGE, (0, 0, size_y, size_x)
+    halves = {
+        "the upper half": (0, 0, size_y // 2, size_x),
+        "the lower half": (size_y // 2, 0, size_y - size_y // 2, size_x),
+        "the left half": (0, 0, size_y, size_x // 2),
+        "the right half": (0, size_x // 2, size_y, size_x - size_x // 2),
+    }
+    name = sorted(halves)[int(rng.integers(len(halves)))]
+    return name, halves[name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,16 +412,68 @@ def oversmoothing(
     local_std = np.sqrt(ndimage.gaussian_filter(removed**2, sigma=(2 * sigma, 2 * sigma, 0), mode="reflect"))
     # uniform on [-1, 1] times sqrt(3) has standard deviation 1
     unit = rng.uniform(-1.0, 1.0, size=_noise_shape(image)) * math.sqrt(3.0)
+    return _match_png_size(
+        lambda level: smooth + unit * np.maximum(noise_floor, level * local_std), pixels, noise_range, search_steps
+    )
 
-    def faked(level: float) -> np.ndarray:
-        return smooth + unit * np.maximum(noise_floor, level * local_std)
 
-    target = _png_size(pixels)
-    low, high = noise_range
-    for _ in range(search_steps):  # bisection: PNG size grows with the noise level
+def spectral_falloff(
+    image: np.ndarray,
+    strength: float,
+    rng: np.random.Generator,
+    cutoff: list[float],
+    order: int,
+    floor_band: list[float],
+    noise_range: list[float],
+    search_steps: int,
+) -> np.ndarray:
+    """Attenuate the upper spectrum with a radial low-pass, then add a flat noise floor near Nyquist.
+
+    Up-sampling generators fail to reproduce the spectral distribution of natural images: their
+    azimuthally averaged power spectrum falls off too early at high frequencies and often ends in
+    a spurious bump or floor (Durall et al. 2020, "Watch your up-convolution: CNN based generative
+    deep neural networks are failing to reproduce spectral distributions"). A Butterworth low-pass
+    (cutoff in cycles/px, lower for stronger fakes) makes the fall-off; band-limited noise in
+    `floor_band` makes the floor, at the level that keeps the PNG as large as the input's.
+    """
+    pixels = image.astype(np.float64)
+    radius = radial_frequency(*pixels.shape[:2])
+    low_cut, high_cut = cutoff
+    corner = high_cut - (high_cut - low_cut) * strength  # strength 1 -> the lowest cutoff
+    attenuated = spectral_filter(pixels, 1.0 / (1.0 + (radius / corner) ** (2 * order)))
+    in_band = (radius >= floor_band[0]) & (radius <= floor_band[1])
+    floor = spectral_filter(rng.standard_normal(_noise_shape(image)), in_band)
+    floor /= max(float(floor.std()), 1e-12)
+    return _match_png_size(lambda level: attenuated + level * floor, pixels, noise_range, search_steps)
+
+
+def radial_frequency(size_y: int, size_x: int) -> np.ndarray:
+    """Distance of each 2-D DFT bin from DC in cycles per pixel (0 .. ~0.71), for rfft2 layout."""
+    fy = np.fft.fftfreq(size_y)[:, None]
+    fx = np.fft.rfftfreq(size_x)[None, :]
+    return np.sqrt(fy**2 + fx**2)
+
+
+def spectral_filter(pixels: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """Multiply each channel's spectrum (rfft2 layout) by a real gain and transform back."""
+    spectrum = np.fft.rfft2(pixels, axes=(0, 1)) * gain[:, :, None]
+    return np.fft.irfft2(spectrum, s=pixels.shape[:2], axes=(0, 1))
+
+
+def _match_png_size(
+    make: Callable[[float], np.ndarray], reference: np.ndarray, level_range: list[float], steps: int
+) -> np.ndarray:
+    """`make(level)` at the level (bisected in `level_range`) whose PNG is as large as the reference's.
+
+    Removing detail makes an image compress better; a file-size shortcut would then tell the
+    label, so each detail-removing family puts back noise until the size matches.
+    """
+    target = _png_size(reference)
+    low, high = level_range
+    for _ in range(steps):  # PNG size grows with the noise level
         middle = (low + high) / 2
-        low, high = (middle, high) if _png_size(faked(middle)) < target else (low, middle)
-    return faked((low + high) / 2).astype(np.float32)
+        low, high = (middle, high) if _png_size(make(middle)) < target else (low, middle)
+    return make((low + high) / 2).astype(np.float32)
 
 
 def _png_size(pixels: np.ndarray) -> int:
@@ -286,20 +503,160 @@ def face_blend(
     2022). Strength scales the colour mismatch and the donor's blur.
     """
     size_y, size_x = target.shape[:2]
-    gray = _is_gray(target)
-    donor = donor.mean(axis=2, keepdims=True).repeat(3, axis=2) if gray else donor
+    donor = _like(target, donor)
     sigma = donor_blur * strength
-    donor = ndimage.gaussian_filter(donor.astype(np.float64), sigma=(sigma, sigma, 0), mode="reflect")
-    signs = rng.choice([-1.0, 1.0], size=1 if gray else 3)
-    gains = 1.0 + colour_shift * strength * signs * rng.uniform(0.5, 1.0, size=signs.shape)
-    donor = donor * gains  # broadcasts: one gain for grey faces, one per channel otherwise
+    donor = ndimage.gaussian_filter(donor, sigma=(sigma, sigma, 0), mode="reflect")
+    donor = donor * _colour_gains(target, colour_shift * strength, rng)
     yy, xx = np.mgrid[0:size_y, 0:size_x].astype(np.float64)
     cy = size_y * (0.5 + rng.uniform(-centre_shift, centre_shift))
     cx = size_x * (0.5 + rng.uniform(-centre_shift, centre_shift))
     ry, rx = size_y * rng.uniform(*radius_y), size_x * rng.uniform(*radius_x)
     mask = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0).astype(np.float64)
-    mask = ndimage.gaussian_filter(mask, sigma=edge_softness * min(size_x, size_y))[:, :, None]
-    return (mask * donor + (1.0 - mask) * target).astype(np.float32)
+    return _paste(target, donor, mask, edge_softness * min(size_x, size_y))
+
+
+def splice(
+    target: np.ndarray,
+    donor: np.ndarray,
+    box: Box,
+    strength: float,
+    rng: np.random.Generator,
+    light: float,
+    colour_shift: float,
+    jpeg_quality: list[int],
+    feather: float,
+) -> np.ndarray:
+    """Paste the same box of another photograph, lit and compressed differently, into the target.
+
+    Splices and inpainted patches betray themselves by lighting and colour that disagree with the
+    rest of the picture (Johnson & Farid 2005, "Exposing digital forgeries by detecting
+    inconsistencies in lighting") and by a compression history unlike the host's (Farid 2009,
+    "Exposing digital forgeries from JPEG ghosts"; Bianchi & Piva 2012, aligned/non-aligned double
+    JPEG). The patch gets a brightness ramp (another light direction), a colour cast and a JPEG
+    round trip whose quality falls with strength; a barely feathered edge leaves the seam.
+    """
+    top, left, height, width = box
+    size_y, size_x = target.shape[:2]
+    patch = _like(target, donor)[top : top + height, left : left + width]
+    ramp = np.linspace(-1.0, 1.0, width)[None, :, None] * rng.choice([-1.0, 1.0])
+    patch = patch * (1.0 + light * strength * (rng.choice([-1.0, 1.0]) + ramp) / 2.0)
+    patch = patch * _colour_gains(target, colour_shift * strength, rng)
+    high_q, low_q = jpeg_quality
+    patch = _jpeg_round_trip(patch, int(round(high_q - (high_q - low_q) * strength)))
+    full = target.astype(np.float64).copy()
+    full[top : top + height, left : left + width] = patch
+    mask = np.zeros((size_y, size_x))
+    mask[top : top + height, left : left + width] = 1.0
+    return _paste(target, full, mask, feather)
+
+
+def glyph_garble(
+    image: np.ndarray,
+    box: Box,
+    strength: float,
+    rng: np.random.Generator,
+    cell: int,
+    scramble: float,
+    jitter: float,
+) -> np.ndarray:
+    """Scramble, mirror and vertically jitter glyph-wide cells of a text line.
+
+    Text-to-image models render text as shapes, not symbols: letters come out scrambled,
+    mirrored, merged or broken, with strokes off the baseline (Liu et al. 2023, "Character-aware
+    models improve visual text rendering"; Chen et al. 2023, "TextDiffuser"); FakeClue's document
+    fakes are described by such glyph errors. The line is cut into `cell`-px glyph slots; a share
+    `scramble * strength` of them trade places (a cyclic shift among the chosen, so each moves),
+    the same share is mirrored, and every slot is moved up or down by up to `jitter * strength` px.
+    """
+    top, left, height, width = box
+    line = image[top : top + height, left : left + width].astype(np.float64)
+    slots = [line[:, start : start + cell] for start in range(0, width - cell + 1, cell)]
+    count = max(2, int(round(scramble * strength * len(slots))))
+    chosen = np.sort(rng.choice(len(slots), size=min(count, len(slots)), replace=False))
+    order = np.arange(len(slots))
+    order[chosen] = np.roll(chosen, 1)
+    reach = max(1, int(round(jitter * strength)))
+    garbled = line.copy()
+    for position, source in enumerate(order):
+        slot = slots[source][:, ::-1] if rng.random() < scramble * strength else slots[source]
+        shift = (int(rng.integers(-reach, reach + 1)), 0, 0)
+        garbled[:, position * cell : (position + 1) * cell] = ndimage.shift(slot, shift, order=0, mode="nearest")
+    out = image.astype(np.float64).copy()
+    out[top : top + height, left : left + width] = garbled
+    return out.astype(np.float32)
+
+
+def tile_repeat(
+    image: np.ndarray,
+    box: Box,
+    strength: float,
+    rng: np.random.Generator,
+    tile: list[float],
+    seam_gain: float,
+) -> np.ndarray:
+    """Fill a box with copies of one tile of the image, each a little differently exposed.
+
+    Large generated satellite images are synthesised tile by tile or from repeating texture, so
+    the same ground recurs at a fixed spacing and seams show where tiles meet (Zhao et al. 2021,
+    "Deep fake geography? When geospatial data encounter artificial intelligence"; seams between
+    independently generated tiles: Bar-Tal et al. 2023, "MultiDiffusion"). The tiled copy is mixed
+    with the original by strength; each tile's gain differs by up to `seam_gain * strength`.
+    """
+    top, left, height, width = box
+    size_y, size_x = image.shape[:2]
+    side = max(4, int(round(min(size_y, size_x) * rng.uniform(*tile))))
+    source_y, source_x = int(rng.integers(size_y - side + 1)), int(rng.integers(size_x - side + 1))
+    patch = image[source_y : source_y + side, source_x : source_x + side].astype(np.float64)
+    reps_y, reps_x = -(-height // side), -(-width // side)  # ceiling division
+    gains = 1.0 + seam_gain * strength * rng.uniform(-1.0, 1.0, size=(reps_y, reps_x))
+    tiled = np.tile(patch, (reps_y, reps_x, 1)) * np.kron(gains, np.ones((side, side)))[:, :, None]
+    out = image.astype(np.float64).copy()
+    region = out[top : top + height, left : left + width]
+    out[top : top + height, left : left + width] = _mix_keeping_contrast(tiled[:height, :width], region, strength)
+    return out.astype(np.float32)
+
+
+def _mix_keeping_contrast(fake: np.ndarray, real: np.ndarray, weight: float) -> np.ndarray:
+    """`weight` of `fake` and the rest of `real`, rescaled so the contrast stays a photograph's.
+
+    A plain average of two unrelated textures has less contrast than either, so it would look
+    (and compress) smoother; dividing the deviations by sqrt(w^2 + (1-w)^2) undoes that.
+    """
+    centre_fake, centre_real = fake.mean(axis=(0, 1)), real.mean(axis=(0, 1))
+    mixed = weight * (fake - centre_fake) + (1.0 - weight) * (real - centre_real)
+    return weight * centre_fake + (1.0 - weight) * centre_real + mixed / math.hypot(weight, 1.0 - weight)
+
+
+def _like(target: np.ndarray, donor: np.ndarray) -> np.ndarray:
+    """The donor as float64, made grey when the target is grey (a grey picture stays grey)."""
+    donor = donor.astype(np.float64)
+    return donor.mean(axis=2, keepdims=True).repeat(3, axis=2) if _is_gray(target) else donor
+
+
+def _colour_gains(target: np.ndarray, shift: float, rng: np.random.Generator) -> np.ndarray:
+    """Gains of +-(shift/2 .. shift) per channel (one shared gain for grey targets): a colour cast."""
+    signs = rng.choice([-1.0, 1.0], size=1 if _is_gray(target) else 3)
+    return 1.0 + shift * signs * rng.uniform(0.5, 1.0, size=signs.shape)
+
+
+def _paste(target: np.ndarray, source: np.ndarray, mask: np.ndarray, softness: float) -> np.ndarray:
+    """`source` where the (Gaussian-softened) mask is 1, `target` where it is 0."""
+    soft = ndimage.gaussian_filter(mask, sigma=softness)[:, :, None] if softness > 0 else mask[:, :, None]
+    return (soft * source + (1.0 - soft) * target).astype(np.float32)
+
+
+def _jpeg_round_trip(pixels: np.ndarray, quality: int) -> np.ndarray:
+    """The pixels after saving as a baseline JPEG at `quality` and decoding again.
+
+    Grey pixels go through a greyscale JPEG: chroma subsampling would tint them.
+    """
+    gray = _is_gray(pixels)
+    rounded = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rounded[:, :, 0] if gray else rounded).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("RGB"), dtype=np.float64)
 
 
 def finish(pixels: np.ndarray, rng: np.random.Generator, read_sigma: float, shot_gain: float) -> Image.Image:
@@ -329,9 +686,18 @@ def _noise_shape(pixels: np.ndarray) -> tuple[int, int, int]:
 # Source pictures
 # --------------------------------------------------------------------------------------------
 
+# Where Debian packages keep their pictures; `debian_roots` in the params overrides a folder.
+DEBIAN_ROOTS = {
+    "tuxpaint-stamps-default": "/usr/share/tuxpaint/stamps",
+    "xplanet-images": "/usr/share/xplanet/images",
+}
 
-def package_data_dir(package: str) -> Path:
-    """Where a package keeps its sample pictures; found through the package, never hard-coded."""
+
+def package_data_dir(package: str, debian_roots: Mapping[str, str] | None = None) -> Path:
+    """Where a package keeps its sample pictures; Python packages are found through the package."""
+    roots = {**DEBIAN_ROOTS, **(debian_roots or {})}
+    if package in roots:
+        return Path(roots[package])
     if package == "skimage":
         import skimage.data
 
@@ -347,20 +713,53 @@ def package_data_dir(package: str) -> Path:
     raise ValueError(f"fakeclue_mini: no known sample-data folder for package {package!r}")
 
 
-def load_photos(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Photo]:
-    """Every configured picture, as RGB PIL images (documents are rendered later, per use)."""
-    return {name: Photo(name, spec, _load_images(spec)) for name, spec in sorted(specs.items())}
+def load_photos(
+    specs: Mapping[str, Mapping[str, Any]], debian_roots: Mapping[str, str] | None = None
+) -> dict[str, Photo]:
+    """Every configured picture that is there, as RGB PIL images (documents are rendered per use).
+
+    A spec marked `optional: true` (a Debian package that may not be installed) is left out when
+    its files are missing; a missing required picture is an error.
+    """
+    photos = {}
+    for name, spec in sorted(specs.items()):
+        rendered = spec.get("kind") == "document"  # nothing to read from its package
+        root = Path() if rendered else package_data_dir(spec["package"], debian_roots)
+        if spec.get("optional") and not _present(root, spec):
+            continue
+        photos[name] = Photo(name, spec, _load_images(root, spec), _folder_files(root, spec), root)
+    return photos
 
 
-def _load_images(spec: Mapping[str, Any]) -> list[Image.Image]:
-    """The RGB pictures of one photo spec, by its `kind` (image, stack, dem, document)."""
-    kind = spec.get("kind", "image")
-    if kind == "document":
+def _present(root: Path, spec: Mapping[str, Any]) -> bool:
+    """Whether an optional picture (or, for a folder, at least one matching file) exists."""
+    if spec.get("kind") == "folder":
+        return bool(_folder_files(root, spec))
+    return (root / spec["file"]).is_file()
+
+
+def _folder_files(root: Path, spec: Mapping[str, Any]) -> list[Path]:
+    """A folder spec's files: every match of its patterns, sorted, thinned evenly to `count`.
+
+    Sorting and even thinning keep the choice independent of the file system's listing order.
+    """
+    if spec.get("kind") != "folder" or not root.is_dir():
         return []
-    path = package_data_dir(spec["package"]) / spec["file"]
+    files = sorted({path for pattern in spec["patterns"] for path in root.glob(pattern) if path.is_file()})
+    count = int(spec.get("count", len(files)))
+    if len(files) > count:
+        files = [files[int(i)] for i in np.linspace(0, len(files) - 1, count).round()]
+    return files
+
+
+def _load_images(root: Path, spec: Mapping[str, Any]) -> list[Image.Image]:
+    """The RGB pictures of one photo spec, by its `kind` (image, stack, dem; document and folder: none)."""
+    kind = spec.get("kind", "image")
+    if kind in ("document", "folder"):  # rendered per use / opened per use
+        return []
+    path = root / spec["file"]
     if kind == "image":
-        with Image.open(path) as image:
-            return [_to_rgb(image)]
+        return [_open_rgb(path)]
     if kind == "stack":  # e.g. lfw_subset.npy: (n, h, w) floats in [0, 1]
         stack = np.load(path)[: spec["count"]]
         return [Image.fromarray(np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8)).convert("RGB") for a in stack]
@@ -368,6 +767,14 @@ def _load_images(spec: Mapping[str, Any]) -> list[Image.Image]:
         with np.load(path) as arrays:
             return [render_terrain(arrays[spec["array"]], spec)]
     raise ValueError(f"fakeclue_mini: unknown photo kind {kind!r} for {spec['file']}")
+
+
+@functools.lru_cache(maxsize=512)
+def _open_rgb(path: Path) -> Image.Image:
+    """A picture file as RGB (cached: folder pictures are opened when a crop first needs them)."""
+    with Image.open(path) as image:
+        image.load()
+        return _to_rgb(image)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -424,11 +831,21 @@ def _line(rng: np.random.Generator, font: Any, max_width: int, word_length: list
 def _draw_crop(
     params: Mapping[str, Any], photos: Mapping[str, Photo], category: str, rng: np.random.Generator
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """A random crop of a random picture of the category, resized: (float32 pixels, origin)."""
-    photo = photos[params["categories"][category][int(rng.integers(len(params["categories"][category])))]]
+    """A random crop of a random picture of the category, resized: (float32 pixels, origin).
+
+    Pictures of optional packages that are not installed are skipped before the draw, so the
+    random stream (and every image) is the same as with a config that never named them.
+    """
+    names = [name for name in params["categories"][category] if name in photos]
+    if not names:
+        raise ValueError(f"fakeclue_mini: no picture of category {category!r} is available")
+    photo = photos[names[int(rng.integers(len(names)))]]
     spec = photo.spec
     file_name = spec.get("file", "")
-    if not photo.images:
+    if photo.files:
+        pick = int(rng.integers(len(photo.files)))
+        picture, file_name = _open_rgb(photo.files[pick]), photo.files[pick].relative_to(photo.root).as_posix()
+    elif not photo.images:
         picture = render_document(rng, params["documents"])
     elif len(photo.images) == 1:
         picture = photo.images[0]

@@ -19,7 +19,7 @@ def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_image
     rows.append(dict(rows[0], id="train-only", split="train"))
     manifest = pd.DataFrame(rows)
     model = FakeVLM.from_pretrained(saved_tiny_model)
-    params = {"benchmarks": {"test": "mini"}, "max_new_tokens": 12, "batch_size": 4}
+    params = {"benchmarks": {"test": "mini", "train": None}, "max_new_tokens": 12, "batch_size": 4}
 
     predictions, metrics, mlflow_metrics = evaluate(model, manifest, params, QUESTION)
 

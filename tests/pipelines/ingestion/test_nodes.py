@@ -20,8 +20,10 @@ from fakevlm.datasets import FakeClueDataset
 from fakevlm.formats.fakeclue import CATEGORIES, MANIFEST_COLUMNS, PNG_SAVE_ARGS, PROMPT
 from fakevlm.pipelines.ingestion.nodes import build_fakeclue_mini, build_manifest
 
-FAMILIES = {"checkerboard", "oversmoothing", "face_blend"}
-QUADRANT_WORDS = {"the upper left", "the upper right", "the lower left", "the lower right"}
+from .conftest import ingestion_params
+
+# every artifact family the config can draw (FakeClue-mini's own families change with its config)
+FAMILIES = {name for weights in ingestion_params()["fakeclue_mini"]["families"].values() for name in weights}
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -61,27 +63,7 @@ def test_every_category_and_split_balanced(params):
         assert all(r["conversations"] == [{"from": "human", "value": PROMPT}] for r in records)
 
 
-def test_records_describe_their_artifacts_and_origin(params):
-    params["fakeclue_mini"]["per_category"] = {"train": 16}
-    records = fakeclue_mini.build(params["fakeclue_mini"])["train"]["records"]
-    low, high = params["fakeclue_mini"]["strength"]
-    for record in records:
-        origin = record["origin"]
-        assert set(origin) == {"package", "file", "licence", "crop"} and len(origin["crop"]) == 3
-        assert origin["licence"]
-        if record["label"] == 1:
-            assert record["artifact"] is None and "/real/" in record["image"]
-            continue
-        artifact = record["artifact"]
-        assert artifact["family"] in FAMILIES and low <= artifact["strength"] <= high
-        if artifact["family"] == "face_blend":
-            assert record["cate"] == "deepfake" and artifact["region"] == "the face"
-        else:
-            assert artifact["region"] in QUADRANT_WORDS | {"the whole image"}
-    families = Counter(r["artifact"]["family"] for r in records if r["artifact"] and r["cate"] == "object")
-    assert families == {"checkerboard": 4, "oversmoothing": 4}  # equal shares, exactly
-    deepfake = Counter(r["artifact"]["family"] for r in records if r["artifact"] and r["cate"] == "deepfake")
-    assert deepfake["face_blend"] == 4 and deepfake["checkerboard"] == deepfake["oversmoothing"] == 2
+# test_records_describe_their_artifacts_and_origin: moved to tests/test_fakeclue_mini.py
 
 
 def test_real_and_fake_files_look_alike(tmp_path, params):
@@ -178,7 +160,11 @@ def test_face_blend_changes_the_face_only():
 
 def test_manifest_of_fakeclue_mini(tmp_path, params):
     loaded = _saved(tmp_path, params)
-    manifest = build_manifest(loaded, params)
+    manifest, quarantine, summary = build_manifest(loaded, params)
+    assert quarantine.empty and summary["records_in"] == summary["accepted"] == len(manifest)
+    assert set(summary["per_source"]) == {"fakeclue_mini_train", "fakeclue_mini_test"}
+    explicit, _, _ = build_manifest(loaded, {**params, "sources": [{"name": "fakeclue_mini", "format": "builtin"}]})
+    pd.testing.assert_frame_equal(explicit, manifest)  # `builtin` is what an empty list means
     assert tuple(manifest.columns) == MANIFEST_COLUMNS
     assert len(manifest) == 7 * (4 + 2) and manifest["id"].is_unique
     assert set(manifest["source"]) == {"fakeclue_mini_train", "fakeclue_mini_test"}
@@ -211,7 +197,7 @@ def other_source(tmp_path) -> dict:
 
 def test_configured_sources_replace_fakeclue_mini(tmp_path, params, other_source):
     loaded = _saved(tmp_path, params)
-    manifest = build_manifest(loaded, {**params, "sources": [other_source]})
+    manifest, _, _ = build_manifest(loaded, {**params, "sources": [other_source]})
     assert manifest["id"].tolist() == ["other_val/val/satellite/fake/1.png"]
     row = manifest.iloc[0]
     assert (row.source, row.split, row.label, row.width, row.height) == ("other_val", "val", "fake", 9, 7)
@@ -237,11 +223,12 @@ def test_sources_need_all_keys_and_unique_names(params, other_source):
 
 def test_bad_source_file_surfaces_with_its_path(params, other_source):
     Path(other_source["annotations"]).write_text("not json")
-    with pytest.raises(ValueError, match="val.json: invalid JSON"):
+    with pytest.raises(ValueError, match="val.json: invalid JSON at line 1, column 1"):
         build_manifest({}, {**params, "sources": [other_source]})
 
 
 def test_manifest_survives_parquet(tmp_path, params):
-    manifest = build_manifest(_saved(tmp_path, params), params)
+    manifest, quarantine, _ = build_manifest(_saved(tmp_path, params), params)
+    quarantine.to_parquet(tmp_path / "quarantine.parquet")
     manifest.to_parquet(tmp_path / "manifest.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "manifest.parquet"), manifest)

@@ -16,7 +16,7 @@ from fakevlm.pipelines.ingestion import create_pipeline
 def test_pipeline_wiring():
     pipeline = create_pipeline()
     assert pipeline.inputs() == {"params:ingestion.fakeclue_mini", "params:ingestion"}
-    assert pipeline.outputs() == {"manifest"}
+    assert pipeline.outputs() == {"manifest", "ingestion_quarantine", "ingestion_summary"}
     assert {node.name for node in pipeline.nodes} == {"build_fakeclue_mini", "build_manifest"}
 
 
@@ -28,6 +28,8 @@ def test_pipeline_writes_fakeclue_mini_and_returns_the_manifest(tmp_path, params
             "params:ingestion.fakeclue_mini": MemoryDataset(params["fakeclue_mini"]),
             "fakeclue_mini": FakeClueDataset(path=str(mini_path)),
             "manifest": MemoryDataset(),
+            "ingestion_quarantine": MemoryDataset(),
+            "ingestion_summary": MemoryDataset(),
         }
     )
     SequentialRunner().run(create_pipeline(), catalog)
@@ -35,6 +37,8 @@ def test_pipeline_writes_fakeclue_mini_and_returns_the_manifest(tmp_path, params
     manifest = catalog["manifest"].load()
     assert tuple(manifest.columns) == MANIFEST_COLUMNS
     assert len(manifest) == 7 * (4 + 2)
+    assert catalog["ingestion_quarantine"].load().empty
+    assert catalog["ingestion_summary"].load()["accepted"] == len(manifest)
     assert manifest.groupby("split")["label"].value_counts().to_dict() == {
         ("test", "fake"): 7, ("test", "real"): 7, ("train", "fake"): 14, ("train", "real"): 14,
     }

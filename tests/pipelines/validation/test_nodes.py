@@ -1,10 +1,13 @@
+import io
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from fakevlm.pipelines.validation.nodes import DataValidationError, check_manifest, enforce_gate, image_facts
+from fakevlm.image_checks import image_facts
+from fakevlm.pipelines.validation.nodes import DataValidationError, check_manifest, enforce_gate, summarise
 
 from ...conftest import load_params
 
@@ -16,9 +19,15 @@ def params():
     return load_params("validation")
 
 
-def write_png(path, size=SIZE, mode="RGB"):
-    Image.new(mode, size, color=0).save(path)
+def write_png(path, size=SIZE, mode="RGB", seed=0):
+    """Noise from `seed` (so images differ and no two rows are copies), in `mode`."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path)
     return path.as_posix()
+
+
+def gate(manifest, report, quarantine, params):
+    return enforce_gate(manifest, report, summarise(report, quarantine), params)
 
 
 @pytest.fixture
@@ -28,7 +37,7 @@ def manifest(tmp_path) -> pd.DataFrame:
     for i, category in enumerate(["animal", "human", "object", "scene", "satellite", "doc"]):
         label = "fake" if i % 2 else "real"
         rows.append({
-            "id": f"img{i}", "image_path": write_png(tmp_path / f"img{i}.png"), "label": label,
+            "id": f"img{i}", "image_path": write_png(tmp_path / f"img{i}.png", seed=i), "label": label,
             "category": category, "split": "train" if i < 4 else "test", "source": "synthetic",
             "width": SIZE[0], "height": SIZE[1], "sha256": f"{i:064x}", "artifact_family": None,
             "artifact_region": None, "artifact_strength": None, "reference_answer": None, "original": None,
@@ -44,13 +53,14 @@ def test_clean_manifest_passes_unchanged(manifest, params):
     assert report["failed_rows"] == [] and quarantine.empty and "reason" in quarantine.columns
     assert all(entry["success"] and entry["unexpected_count"] == 0 for entry in report["expectations"])
     assert json.loads(json.dumps(report)) == report  # what the JSON dataset saves is what we built
-    pd.testing.assert_frame_equal(enforce_gate(manifest, report, params), manifest)
+    pd.testing.assert_frame_equal(gate(manifest, report, quarantine, params), manifest)
 
 
 def test_report_lists_every_check_in_suite_order(manifest, params):
     checks = [entry["check"] for entry in check_manifest(manifest, params)[0]["expectations"]]
     assert checks[:3] == ["id_not_null", "image_path_not_null", "label_not_null"]
     assert checks[8:10] == ["id_unique", "label_in_set"]
+    assert {"label_agrees_with_copies", "within_pixel_limit", "aspect_ratio"} <= set(checks)
     assert checks[-2:] == ["answer_verdict_real", "answer_verdict_fake"]
 
 
@@ -93,11 +103,11 @@ def make_fault(name, df, tmp_path):
         df.loc[2, "width"] = 64
         return "width_matches_image", "width 64 differs from the image's 32"
     if name == "too small":
-        write_png(tmp_path / "img2.png", size=(8, 24))
+        write_png(tmp_path / "img2.png", size=(8, 24), seed=2)
         df.loc[2, "width"] = 8
         return "width_in_range", "width 8 is outside 16..16384"
     if name == "16-bit image":
-        write_png(tmp_path / "img2.png", mode="I;16")
+        write_png(tmp_path / "img2.png", mode="I;16", seed=2)
         return "image_mode_in_set", "image mode 'I;16' is not one of"
     raise AssertionError(name)
 
@@ -124,7 +134,7 @@ def test_each_fault_is_reported_quarantined_and_stops_the_gate(fault, manifest, 
     json.dumps(report)
 
     with pytest.raises(DataValidationError) as error:
-        enforce_gate(manifest, report, params)
+        gate(manifest, report, quarantine, params)
     message = str(error.value)
     assert "img2" in message and check in message and reason in message
     assert params["report_path"] in message and params["quarantine_path"] in message
@@ -142,7 +152,7 @@ def test_several_reasons_are_joined(manifest, params):
     _, quarantine = check_manifest(manifest, params)
     assert quarantine["reason"].tolist() == [
         "category 'vehicle' is not one of animal, human, object, scene, satellite, doc, deepfake; "
-        "split 'holdout' is not one of train, val, test"
+        "split 'holdout' is not one of train, val, test, test_heldout"
     ]
 
 
@@ -151,8 +161,8 @@ def test_tolerance_lets_a_small_failure_through_without_the_bad_row(manifest, pa
     report, quarantine = check_manifest(manifest, params)
 
     with pytest.raises(DataValidationError):
-        enforce_gate(manifest, report, {**params, "max_failed_fraction": 0.1})  # 1/6 > 0.1
-    validated = enforce_gate(manifest, report, {**params, "max_failed_fraction": 0.2})
+        gate(manifest, report, quarantine, {**params, "max_failed_fraction": 0.1})  # 1/6 > 0.1
+    validated = gate(manifest, report, quarantine, {**params, "max_failed_fraction": 0.2})
     assert "img4" not in validated["id"].tolist() and quarantine["id"].tolist() == ["img4"]
     pd.testing.assert_frame_equal(validated, manifest.drop(index=4).reset_index(drop=True))
     assert len(validated) + len(quarantine) == len(manifest)
@@ -160,9 +170,9 @@ def test_tolerance_lets_a_small_failure_through_without_the_bad_row(manifest, pa
 
 def test_gate_error_lists_only_the_first_rows(manifest, params):
     manifest["split"] = "holdout"
-    report, _ = check_manifest(manifest, params)
-    message = str(pytest.raises(DataValidationError, enforce_gate, manifest, report, {**params, "max_rows_in_error": 2})
-                  .value)
+    report, quarantine = check_manifest(manifest, params)
+    message = str(pytest.raises(DataValidationError, gate, manifest, report, quarantine,
+                                {**params, "max_rows_in_error": 2}).value)
     assert "6 of 6 rows (100.0%)" in message and "img1" in message and "... and 4 more" in message
 
 
@@ -174,9 +184,9 @@ def test_report_ids_are_capped(manifest, params):
 
 
 def test_gate_rejects_a_report_for_another_manifest(manifest, params):
-    report, _ = check_manifest(manifest, params)
+    report, quarantine = check_manifest(manifest, params)
     with pytest.raises(ValueError, match="covers 6 rows"):
-        enforce_gate(manifest.iloc[:3], report, params)
+        gate(manifest.iloc[:3], report, quarantine, params)
 
 
 def test_missing_column_is_a_schema_error(manifest, params):
@@ -186,7 +196,7 @@ def test_missing_column_is_a_schema_error(manifest, params):
 
 def test_image_facts(tmp_path):
     paths = pd.Series([write_png(tmp_path / "ok.png", mode="L"), (tmp_path / "none.png").as_posix(), None])
-    facts = image_facts(paths)
+    facts = image_facts(paths, max_pixels=10_000)
     assert facts.loc[0, ["file_exists", "decodes", "decoded_width", "decoded_height", "image_mode"]].tolist() == [
         True, True, 32, 24, "L"]
     assert facts["file_exists"].tolist() == [True, False, pd.NA]  # no path: unknown, not "missing"

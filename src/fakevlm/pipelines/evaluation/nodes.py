@@ -18,6 +18,8 @@ def predict(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, An
     """One row per benchmark image: the generated answer, its parsed verdict and the reference."""
     frames = []
     for split, benchmark in sorted(params["benchmarks"].items()):
+        if benchmark is None:
+            continue
         examples = load_examples(manifest, split)
         answers = fakevlm_model.generate(
             [e.image for e in examples], question, params["max_new_tokens"], params["batch_size"]

@@ -7,8 +7,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
-from PIL import Image
 
+from fakevlm.formats import open_image
 from fakevlm.model import FakeVLM
 from fakevlm.registry import log_and_register, promote_if_better
 
@@ -19,7 +19,7 @@ def register_model(
     """Log and register the model; the returned decision record says whether it was promoted."""
     benchmark = metrics[params["benchmark"]]
     scalar_metrics = {k: float(v) for k, v in benchmark.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    with Image.open(validated_manifest["image_path"].iloc[0]) as image:
+    with open_image(validated_manifest["image_path"].iloc[0]) as image:
         example = image.convert("RGB")
     # kedro-mlflow opens one run per `kedro run`; outside it (a notebook, a test) open our own
     started = mlflow.active_run() is None

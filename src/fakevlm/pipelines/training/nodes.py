@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 
+from fakevlm.formats import open_image
 from fakevlm.model import (
     FakeVLM,
     build_processor,
@@ -29,7 +29,7 @@ def load_examples(manifest: pd.DataFrame, split: str) -> list[Example]:
     examples = []
     for row in rows.itertuples(index=False):
         # the manifest holds paths, not pixels; validation has already checked every file decodes
-        with Image.open(row.image_path) as image:
+        with open_image(row.image_path) as image:
             examples.append(Example(row.id, image.convert("RGB"), row.answer, row.label))
     return examples
 

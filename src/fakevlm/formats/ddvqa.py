@@ -1,0 +1,112 @@
+"""DD-VQA (ECCV 2024): FaceForensics++ faces with human-written questions and answers.
+
+JSON keyed `"<manipulation id>_<video>" -> {"<qid>": {"question": ..., "answer": [...]}}`. The
+images are not shipped: the authors map the n-th question of a video (in qid order) to its n-th
+extracted frame, so the source names a `frames` pattern with the fields {manipulation} (name,
+e.g. Deepfakes), {manipulation_id}, {video}, {index} (n + `first_frame`, default 0) and {qid},
+default "{manipulation}/{video}/{index:04d}.png", relative to `images`.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from fakevlm.formats.common import (
+    Entry,
+    Ingested,
+    RecordError,
+    finish,
+    load_json,
+    open_root,
+    parse_records,
+    reject,
+    require,
+    safe_relative,
+    workers_of,
+)
+
+REQUIRED_KEYS = ("images", "annotations", "split")
+MANIPULATIONS = {0: "Deepfakes", 1: "Face2Face", 2: "FaceShifter", 3: "FaceSwap", 5: "Original", 6: "NeuralTextures"}
+DEFAULT_FRAMES = "{manipulation}/{video}/{index:04d}.png"
+# An answer is kept as the reference explanation only when it explains: a bare "Yes."/"Fake" is not.
+MIN_EXPLANATION_WORDS = 4
+_KEY = re.compile(r"^(?P<id>\d+)_(?P<video>[^/\\]+)$")
+
+
+def read_ddvqa(source: Mapping[str, Any]) -> Ingested:
+    """Manifest rows and rejects of a DD-VQA file: one row per question, mapped to its frame."""
+    path, name = Path(source["annotations"]), str(source["name"])
+    data = load_json(path)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a JSON object keyed '<manipulation>_<video>', got {type(data).__name__}")
+    pattern = str(source.get("frames", DEFAULT_FRAMES))
+    first = int(source.get("first_frame", 0))
+    entries, rejects = [], []
+    for key, questions in sorted(data.items()):
+        where = f"{path}: key {key!r}"
+        try:
+            video = _video(key, questions, where)
+        except RecordError as err:
+            rejects.append(reject(name, where, "", err))  # the whole video: no question is usable
+            continue
+        items = _questions(path, key, questions)
+        parse = functools.partial(_entry, video=video, pattern=pattern, frames=itertools.count(first))
+        parsed, bad = parse_records(items, parse, name)
+        entries += parsed
+        rejects += bad
+    return finish(entries, rejects, open_root(source["images"]), source=name, split=str(source["split"]),
+                  workers=workers_of(source))
+
+
+def _video(key: str, questions: Any, where: str) -> dict[str, Any]:
+    """The manipulation and video of a key, checked; RecordError for a key or value DD-VQA never has."""
+    match = _KEY.match(key)
+    if match is None:
+        raise RecordError("bad_key", f"{where}: expected '<manipulation id>_<video>'")
+    manipulation_id = int(match["id"])
+    if manipulation_id not in MANIPULATIONS:
+        raise RecordError("bad_label", f"{where}: unknown manipulation id {manipulation_id}; known: {MANIPULATIONS}")
+    if not isinstance(questions, Mapping):
+        raise RecordError("not_an_object", f"{where}: expected an object of questions, got {type(questions).__name__}")
+    return {"manipulation_id": manipulation_id, "manipulation": MANIPULATIONS[manipulation_id], "video": match["video"]}
+
+
+def _questions(path: Path, key: str, questions: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(where, question) in qid order: numeric ids numerically ("10" after "9"), others after."""
+    order = sorted(questions, key=lambda q: (0, int(q), q) if q.isdigit() else (1, 0, q))
+    for qid in order:
+        yield f"{path}: key {key!r} question {qid!r}", {"qid": qid, **_as_dict(questions[qid])}
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    """A question as a dict; a non-object is wrapped so `require` reports it."""
+    return dict(value) if isinstance(value, Mapping) else {"value": value}
+
+
+def _entry(
+    where: str, question: dict[str, Any], *, video: dict[str, Any], pattern: str, frames: Iterator[int]
+) -> list[Entry]:
+    """The frame of the n-th question; `frames` advances even for a bad question (one frame each)."""
+    index = next(frames)
+    require(question, ("question", "answer"), where)
+    answers = question["answer"]
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise RecordError("bad_field", f"{where}: 'answer' must be a list of strings, got {answers!r}")
+    try:
+        frame = pattern.format(**video, index=index, qid=question["qid"])
+    except (KeyError, ValueError, IndexError) as err:
+        raise RecordError("bad_path", f"{where}: frame pattern {pattern!r} failed: {err}") from err
+    explanations = [a for a in answers if len(a.split()) >= MIN_EXPLANATION_WORDS]
+    return [Entry(
+        where=where,
+        image=safe_relative(frame, where, "frame"),
+        label="real" if video["manipulation"] == "Original" else "fake",
+        category="deepfake",
+        original={**video, **question},
+        reference_answer=explanations[0] if explanations else None,
+    )]

@@ -1,0 +1,73 @@
+"""Readable HTML pages for the reports the pipelines save as JSON.
+
+Every value is escaped with `html.escape`: ids, paths and answers come from data sets that anyone
+may have written, and the page is opened in a browser and in the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+_STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
+          "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+          ".fail{background:#fde2e2}.pass{background:#e3f6e3}")
+
+
+def _cell(value: Any) -> str:
+    """A table cell's text: lists joined, None as empty, everything escaped."""
+    if isinstance(value, (list, tuple)):
+        value = "; ".join(str(item) for item in value)
+    return html.escape("" if value is None else str(value))
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], row_classes: Iterable[str] | None = None) -> str:
+    """An HTML table with escaped cells; `row_classes` (one per row) colour the rows."""
+    rows = list(rows)
+    classes = list(row_classes) if row_classes is not None else [""] * len(rows)
+    head = "".join(f"<th>{_cell(header)}</th>" for header in headers)
+    body = "".join(f'<tr class="{html.escape(css)}">' + "".join(f"<td>{_cell(value)}</td>" for value in row) + "</tr>"
+                   for row, css in zip(rows, classes))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_validation_html(report: dict[str, Any]) -> str:
+    """The validation report as a page: the expectations, the leakage pairs, then the failed rows."""
+    leakage = report.get("leakage", {})
+    verdict = "passed" if report["success"] else "FAILED"
+    parts = [
+        f"<h1>Validation report: {html.escape(verdict)}</h1>",
+        f"<p>{report['n_rows']} rows, {report['n_failed_rows']} failing (quarantined).</p>",
+        "<h2>Expectations</h2>",
+        table(["check", "expectation", "column", "success", "unexpected", "failing ids (first)"],
+              ([e["check"], e["expectation"], e["column"], e["success"], e["unexpected_count"], e["failed_ids"]]
+               for e in report["expectations"]),
+              ("pass" if e["success"] else "fail" for e in report["expectations"])),
+        f"<h2>Near-duplicates across splits: {leakage.get('n_cross_split_pairs', 0)}</h2>",
+        f"<p>Perceptual-hash distance at most {_cell(leakage.get('max_distance'))} bits; "
+        f"at most {_cell(leakage.get('max_allowed'))} pairs allowed.</p>",
+        table(["id", "split", "id", "split", "distance"],
+              ([p["a"]["id"], p["a"]["split"], p["b"]["id"], p["b"]["split"], p["distance"]]
+               for p in leakage.get("cross_split_pairs", []))),
+        "<h2>Images the loaders convert</h2>",
+        table(["conversion", "rows"], sorted(_note_counts(report.get("image_notes", [])).items())),
+        "<h2>Failed rows</h2>",
+        table(["row", "id", "image", "reasons", "answer (start)"],
+              ([r["row"], r["id"], r["image_path"], r["reasons"], r.get("answer")] for r in report["failed_rows"])),
+    ]
+    title = f"Validation report: {verdict}"
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def _note_counts(notes: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """How many rows need each mode conversion or an EXIF transpose."""
+    counts: dict[str, int] = {}
+    for note in notes:
+        kinds = [note.get("mode_normalisation")]
+        if note.get("exif_orientation") is not None:
+            kinds.append(f"EXIF orientation {note['exif_orientation']} -> exif_transpose")
+        for kind in filter(None, kinds):
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
