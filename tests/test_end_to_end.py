@@ -50,7 +50,11 @@ def project(tmp_path_factory):
 
 
 def kedro_run(project, *args):
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}", KEDRO_DISABLE_TELEMETRY="true")
+    # Training tests in this process leave RANK/MASTER_PORT set (their process group still holds
+    # the port); inherited, they would make the run join that port instead of picking a free one.
+    launcher_vars = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}", KEDRO_DISABLE_TELEMETRY="true")
     result = subprocess.run(
         [sys.executable, "-m", "kedro", "run", *args], cwd=project, env=env, capture_output=True, text=True, timeout=900
     )
