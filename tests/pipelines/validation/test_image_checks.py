@@ -195,3 +195,18 @@ def test_fakeclue_mini_does_not_leak(params):
     pairs = cross_split_pairs(pd.Series(hashes), pd.Series(splits), params["near_duplicate_distance"],
                               params["splits_that_may_share_images"])
     assert pairs == []
+
+
+def test_report_page_goes_to_the_active_mlflow_run(tmp_path, params, mlflow_store):
+    import mlflow
+
+    from fakevlm.pipelines.validation.nodes import report_validation
+
+    image = picture(0, (48, 40))
+    rows = [row(0, save(tmp_path, "a.png", image)[0], image, answer="This is a fake image. Wrong.")]
+    report, quarantine = check_manifest(manifest_of(rows), params)
+    with mlflow.start_run() as run:
+        summary, page = report_validation(report, quarantine)
+    logged = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/validation/validation_report.html")
+    assert logged == page and "img0" in logged
+    assert summary["quarantined"] == 1
