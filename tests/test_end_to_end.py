@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -15,6 +16,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from fakevlm.pipeline_registry import STAGES
 
+from .bad_inputs import write_bad_sources
 from .conftest import PROJECT_ROOT
 
 # conf/local of the copy: the same stages, on a few images and a few steps
@@ -37,19 +39,24 @@ TINY = {
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
+def copy_project(root, local_parameters: dict):
+    """The project's code and config under root, with conf/local/parameters.yml = local_parameters."""
+    root.mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
     shutil.copytree(PROJECT_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("credentials.yml"))
     for layer in ("01_raw", "02_intermediate", "03_primary", "05_model_input", "06_models", "07_model_output", "08_reporting"):
         (root / "data" / layer).mkdir(parents=True)
-    (root / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(TINY))
+    (root / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(local_parameters))
     return root
 
 
-def kedro_run(project, *args):
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return copy_project(tmp_path_factory.mktemp("project"), TINY)
+
+
+def kedro_run(project, *args, expect_success: bool = True):
     # Training tests in this process leave RANK/MASTER_PORT set (their process group still holds
     # the port); inherited, they would make the run join that port instead of picking a free one.
     launcher_vars = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
@@ -58,7 +65,7 @@ def kedro_run(project, *args):
     result = subprocess.run(
         [sys.executable, "-m", "kedro", "run", *args], cwd=project, env=env, capture_output=True, text=True, timeout=900
     )
-    assert result.returncode == 0, failure_excerpt(result.stdout + result.stderr)
+    assert (result.returncode == 0) == expect_success, failure_excerpt(result.stdout + result.stderr)
     return result
 
 
@@ -97,3 +104,32 @@ def test_kedro_run_end_to_end_then_each_pipeline_alone(project):
         kedro_run(project, "--pipelines", name)
     decision = json.loads((project / "data/08_reporting/registry_decision.json").read_text())
     assert decision["version"] == "2" and decision["model_name"] == "fakevlm"
+
+
+def test_kedro_run_on_bad_input_accounts_for_every_record(tmp_path):
+    sources, rejected_by_ingestion = write_bad_sources(tmp_path / "raw")
+    project = copy_project(tmp_path / "project", {"ingestion": {"sources": sources}})
+
+    kedro_run(project, "--pipelines", "ingestion")
+    ingestion = json.loads((project / "data/08_reporting/ingestion_summary.json").read_text())
+    assert ingestion["quarantined"] == rejected_by_ingestion
+    assert ingestion["records_in"] == ingestion["accepted"] + ingestion["quarantined"] == 6 + rejected_by_ingestion
+    assert len(pd.read_parquet(project / "data/03_primary/ingestion_quarantine.parquet")) == rejected_by_ingestion
+
+    kedro_run(project, "--pipelines", "annotation")
+    # The default gate tolerates no failing row: the run stops, saying which and why ...
+    failed = kedro_run(project, "--pipelines", "validation", expect_success=False)
+    output = failed.stdout + failed.stderr
+    assert "Data validation failed: 2 of 6 rows" in output
+    assert "x/sliver.png" in output and "x/deep16.png" in output
+    # ... after saving the summary and the quarantine, which account for every row.
+    validation = json.loads((project / "data/08_reporting/validation_summary.json").read_text())
+    assert validation["records_in"] == ingestion["accepted"]
+    assert validation["accepted"] + validation["quarantined"] == validation["records_in"]
+    quarantine = pd.read_parquet(project / "data/03_primary/quarantine.parquet")
+    assert sorted(quarantine["id"]) == ["fc/test/x/deep16.png", "fc/test/x/sliver.png"]
+    assert quarantine["reason"].str.len().gt(10).all()
+
+    kedro_run(project, "--pipelines", "validation", "--params", "validation.max_failed_fraction=0.5")
+    validated = pd.read_parquet(project / "data/05_model_input/validated_manifest.parquet")
+    assert len(validated) == validation["accepted"] == 4
