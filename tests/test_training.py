@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ import transformers.training_args as hf_training_args
 from omegaconf import OmegaConf
 
 from fakevlm.model import build_processor, build_tiny_model, train_tokenizer
-from fakevlm.training import Example, train, training_arguments
+from fakevlm.training import Example, remove_checkpoints, train, training_arguments
 
 from .conftest import PROJECT_ROOT, QUESTION, load_params
 
@@ -17,6 +18,7 @@ def tiny_run(training_params, labelled_images):
     processor = build_processor(train_tokenizer(corpus, 300), training_params["model"])
     model = build_tiny_model(processor, training_params["model"])
     history = train(model, processor, examples, QUESTION, training_params["stages"], training_params["max_length"])
+    remove_checkpoints(training_params["stages"])  # else a second run would resume from them, as the node's would
     return model, history
 
 
@@ -84,3 +86,31 @@ def test_warmup_weights_reach_the_llava(training_params, labelled_images):
     assert all(torch.equal(before[k], v) for k, v in model.model.vision_tower.state_dict().items())
     classifier.copy_into(model)
     assert all(torch.equal(before[k] + 1.0, v) for k, v in model.model.vision_tower.state_dict().items())
+
+
+def test_checkpoints_of_another_run_are_not_resumed(training_params, labelled_images, tmp_path):
+    from fakevlm.training import claim_output_dirs
+
+    stages = training_params["stages"]
+    stale = Path(stages["instruction"]["output_dir"]) / "checkpoint-3"
+    stale.mkdir(parents=True)
+    (stale / "trainer_state.json").write_text("{}")
+    claim_output_dirs(stages, "run-a")
+    assert not stale.exists()   # no fingerprint: left by someone else
+    stale.mkdir()
+    claim_output_dirs(stages, "run-a")
+    assert stale.exists()       # the same run, killed: resume
+    claim_output_dirs(stages, "run-b")
+    assert not stale.exists()
+
+
+def test_zero3_is_refused_until_the_gathered_model_is_handed_back(tmp_path):
+    with pytest.raises(NotImplementedError, match="zero3.json: ZeRO-3"):
+        training_arguments({"output_dir": str(tmp_path), "deepspeed": str(PROJECT_ROOT / "conf/base/deepspeed/zero3.json")})
+
+
+@pytest.mark.parametrize("name", ["zero2", "zero2_offload", "zero3", "zero3_offload"])
+def test_deepspeed_configs(name):
+    config = json.loads((PROJECT_ROOT / f"conf/base/deepspeed/{name}.json").read_text())["zero_optimization"]
+    assert config["stage"] == int(name[4])
+    assert ("offload_optimizer" in config) == name.endswith("offload")

@@ -5,24 +5,33 @@ small classification head, so the forensic cue exists before the language model 
 trains in two stages for the same reason; on a tiny model trained from scratch it is what takes
 the verdict from chance to high accuracy within CPU minutes (docs/training-notes.md).
 Stage 2 (instruction tuning): the whole LLaVA learns the answer text; loss on answer tokens only.
+
+Each stage checkpoints every `save_steps` into its `output_dir` and resumes from the last
+checkpoint there, so a killed run continues where it stopped (see `claim_output_dirs`).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import os
+import shutil
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from transformers import LlavaForConditionalGeneration, LlavaProcessor, Trainer, TrainingArguments
 
+from fakevlm.formats import open_image
 from fakevlm.model import answer_suffix, build_prompt
 
 log = logging.getLogger(__name__)
@@ -39,6 +48,24 @@ class Example:
     image: Image.Image
     answer: str
     label: str
+
+
+def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The manifest rows of one split; an error if there are none."""
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        raise ValueError(f"no rows with split {split!r} in the manifest")
+    return rows
+
+
+def load_examples(rows: pd.DataFrame) -> list[Example]:
+    """Manifest rows (id, image_path, answer, label) with their decoded images, in row order."""
+    examples = []
+    for row in rows.itertuples(index=False):
+        # validation has already checked that every file decodes
+        with open_image(row.image_path) as image:
+            examples.append(Example(row.id, image.convert("RGB"), row.answer, row.label))
+    return examples
 
 
 def encode_example(
@@ -160,15 +187,74 @@ def ensure_distributed_env() -> None:
 
 def training_arguments(args: dict[str, Any]) -> TrainingArguments:
     """HF TrainingArguments from one stage of `training.stages`, DeepSpeed config included."""
+    if args.get("deepspeed"):
+        stage = json.loads(Path(args["deepspeed"]).read_text())["zero_optimization"]["stage"]
+        if stage == 3:
+            # ZeRO-3 leaves each rank a shard of every weight; the model this module hands back
+            # would be empty. Gathering it (Trainer.save_model, then reload) is not built yet.
+            raise NotImplementedError(f"{args['deepspeed']}: ZeRO-3 training does not yet hand back the gathered "
+                                      "model; use zero2.json or zero2_offload.json")
     return TrainingArguments(**args)
 
 
+HISTORY_FILE = "log_history.json"   # a finished stage's history, beside its checkpoints
+FINGERPRINT_FILE = "fingerprint.txt"
+
+
+def resumable_checkpoint(args: dict[str, Any]) -> str | None:
+    """The last complete checkpoint in the stage's output_dir, if the stage saves any.
+
+    Trainer writes trainer_state.json last, so a checkpoint without it was cut short by a kill.
+    """
+    output_dir = Path(args["output_dir"])
+    if args.get("save_strategy") == "no" or not output_dir.is_dir():
+        return None
+    complete = [path for path in output_dir.glob("checkpoint-*")
+                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
+
+
 def run_trainer(model: nn.Module, dataset: list, collator, args: dict[str, Any]) -> list[dict[str, float]]:
-    """Train `model` in place with HF Trainer; returns the logged history."""
+    """Train `model` in place with HF Trainer, resuming from the stage's last checkpoint if any;
+    returns the logged history."""
     ensure_distributed_env()
     trainer = Trainer(model=model, args=training_arguments(args), train_dataset=dataset, data_collator=collator)
-    trainer.train()
+    checkpoint = resumable_checkpoint(args)
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.is_world_process_zero():
+        Path(args["output_dir"]).mkdir(parents=True, exist_ok=True)
+        (Path(args["output_dir"]) / HISTORY_FILE).write_text(json.dumps(trainer.state.log_history))
     return trainer.state.log_history
+
+
+def run_fingerprint(examples: Sequence[Example], model_config: dict[str, Any], stages: dict[str, Any]) -> str:
+    """What a checkpoint must have been trained on to be resumed: samples, model and stages."""
+    samples = [(e.id, e.answer, e.label) for e in examples]
+    text = json.dumps({"samples": samples, "model": model_config, "stages": stages}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def claim_output_dirs(stages: dict[str, dict[str, Any]], fingerprint: str) -> None:
+    """Keep each stage's checkpoints only if they belong to this run (same fingerprint).
+
+    A checkpoint left by a run on other data or settings would otherwise be resumed silently.
+    """
+    for name, args in stages.items():
+        output_dir = Path(args["output_dir"])
+        marker = output_dir / FINGERPRINT_FILE
+        if output_dir.is_dir() and (not marker.is_file() or marker.read_text() != fingerprint):
+            log.info("stage %s: %s holds another run's checkpoints; starting afresh", name, output_dir)
+            shutil.rmtree(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(fingerprint)
+
+
+def remove_checkpoints(stages: dict[str, dict[str, Any]]) -> None:
+    """After a finished run: checkpoints only serve to resume, and at 7B they are large."""
+    for args in stages.values():
+        shutil.rmtree(args["output_dir"], ignore_errors=True)
 
 
 def train(
@@ -181,16 +267,20 @@ def train(
 ) -> dict[str, list[dict[str, float]]]:
     """Run the configured stages (`vision_warmup`, `instruction`) on `examples`, in place.
 
-    Each stage's dict is HF `TrainingArguments`; a stage with `max_steps: 0` is skipped.
+    Each stage's dict is HF `TrainingArguments`; a stage with `max_steps: 0` is skipped, and so
+    is the warm-up when the instruction stage resumes (its checkpoint holds the warmed-up tower).
     """
     encoded = [encode_example(processor, example, question, max_length) for example in examples]
     log.info("encoded %d samples, longest %d tokens", len(encoded), max(e["input_ids"].numel() for e in encoded))
     history: dict[str, list[dict[str, float]]] = {}
     warmup = stages.get("vision_warmup")
     if warmup and warmup.get("max_steps", 0) > 0:
-        classifier = VisionVerdictClassifier(model)
-        history["vision_warmup"] = run_trainer(classifier, encoded, collate_verdicts, warmup)
-        classifier.copy_into(model)
+        if resumable_checkpoint(stages["instruction"]):
+            history["vision_warmup"] = json.loads((Path(warmup["output_dir"]) / HISTORY_FILE).read_text())
+        else:
+            classifier = VisionVerdictClassifier(model)
+            history["vision_warmup"] = run_trainer(classifier, encoded, collate_verdicts, warmup)
+            classifier.copy_into(model)
     history["instruction"] = run_trainer(
         model, encoded, collate_answers(processor.tokenizer.pad_token_id), stages["instruction"]
     )

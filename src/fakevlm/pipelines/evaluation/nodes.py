@@ -9,7 +9,7 @@ import pandas as pd
 
 from fakevlm.metrics import parse_verdict, score
 from fakevlm.model import FakeVLM
-from fakevlm.pipelines.training.nodes import load_examples
+from fakevlm.training import load_examples, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +20,11 @@ def predict(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, An
     for split, benchmark in sorted(params["benchmarks"].items()):
         if benchmark is None:
             continue
-        examples = load_examples(manifest, split)
+        rows = split_rows(manifest, split)
+        examples = load_examples(rows)
         answers = fakevlm_model.generate(
             [e.image for e in examples], question, params["max_new_tokens"], params["batch_size"]
         )
-        rows = manifest[manifest["split"] == split]
         frames.append(
             pd.DataFrame(
                 {

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from fakevlm.formats import open_image
+from fakevlm.launch import launch, write_job
 from fakevlm.model import (
     FakeVLM,
     build_processor,
@@ -16,22 +18,10 @@ from fakevlm.model import (
     load_pretrained,
     train_tokenizer,
 )
-from fakevlm.training import Example, train
+from fakevlm.training import (Example, claim_output_dirs, load_examples, remove_checkpoints, run_fingerprint,
+                              split_rows, train)
 
 log = logging.getLogger(__name__)
-
-
-def load_examples(manifest: pd.DataFrame, split: str) -> list[Example]:
-    """The rows of `split` with their decoded images, in manifest order."""
-    rows = manifest[manifest["split"] == split]
-    if rows.empty:
-        raise ValueError(f"no rows with split {split!r} in the validated manifest")
-    examples = []
-    for row in rows.itertuples(index=False):
-        # the manifest holds paths, not pixels; validation has already checked every file decodes
-        with open_image(row.image_path) as image:
-            examples.append(Example(row.id, image.convert("RGB"), row.answer, row.label))
-    return examples
 
 
 def build_model(examples: list[Example], params: dict[str, Any]) -> FakeVLM:
@@ -63,10 +53,28 @@ def history_as_mlflow_metrics(history: dict[str, list[dict[str, float]]]) -> dic
 def train_fakevlm(
     validated_manifest: pd.DataFrame, params: dict[str, Any]
 ) -> tuple[FakeVLM, dict[str, Any], dict[str, list[dict[str, float]]]]:
-    """Train FakeVLM on the training split; returns the model, its history and MLflow metrics."""
-    examples = load_examples(validated_manifest, params["train_split"])
+    """Train FakeVLM on the training split; returns the model, its history and MLflow metrics.
+
+    In this process by default; with `launcher.command` set, in the launcher's worker processes.
+    """
+    rows = split_rows(validated_manifest, params["train_split"])
+    examples = load_examples(rows)
     fakevlm = build_model(examples, params)
     n_params = sum(p.numel() for p in fakevlm.model.parameters())
     log.info("training a %.2f M-parameter LLaVA on %d samples", n_params / 1e6, len(examples))
-    history = train(fakevlm.model, fakevlm.processor, examples, params["question"], params["stages"], params["max_length"])
-    return fakevlm, {"n_parameters": n_params, "n_samples": len(examples), "stages": history}, history_as_mlflow_metrics(history)
+    stages = params["stages"]
+    claim_output_dirs(stages, run_fingerprint(examples, params["model"], stages))
+    launcher = params["launcher"]
+    if launcher["command"]:
+        job_root = Path(launcher["job_dir"])
+        job_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="job-", dir=job_root) as job_dir:
+            write_job(Path(job_dir), fakevlm, rows, params)
+            fakevlm, history, ranks = launch(launcher, Path(job_dir))
+    else:
+        history = train(fakevlm.model, fakevlm.processor, examples, params["question"], stages, params["max_length"])
+        ranks = [{"rank": 0, "world_size": 1}]
+    if not params["keep_checkpoints"]:
+        remove_checkpoints(stages)
+    summary = {"n_parameters": n_params, "n_samples": len(examples), "ranks": ranks, "stages": history}
+    return fakevlm, summary, history_as_mlflow_metrics(history)

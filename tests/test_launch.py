@@ -1,0 +1,96 @@
+"""Checkpoints and launchers: kill -9 then resume, and two processes through torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from fakevlm.launch import write_job
+from fakevlm.model import FakeVLM, build_processor, build_tiny_model, train_tokenizer
+from fakevlm.pipelines.training.nodes import train_fakevlm
+
+from .conftest import QUESTION
+
+
+def manifest_of(tmp_path: Path, labelled_images) -> pd.DataFrame:
+    """The labelled images as validated-manifest rows, their pictures saved as PNG files."""
+    rows = []
+    for image_id, image, label, answer in labelled_images:
+        path = tmp_path / "images" / f"{image_id}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        rows.append({"id": image_id, "image_path": str(path), "answer": answer, "label": label, "split": "train"})
+    return pd.DataFrame(rows)
+
+
+def tiny_fakevlm(training_params, manifest: pd.DataFrame) -> FakeVLM:
+    corpus = [*manifest["answer"], "USER: ASSISTANT: " + QUESTION]
+    processor = build_processor(train_tokenizer(corpus, 300), training_params["model"])
+    return FakeVLM(build_tiny_model(processor, training_params["model"]), processor)
+
+
+def worker_env() -> dict[str, str]:
+    launcher_vars = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    return {k: v for k, v in os.environ.items() if k not in launcher_vars}
+
+
+def test_kill_9_during_training_then_the_same_command_resumes(tmp_path, training_params, labelled_images):
+    stages = training_params["stages"]
+    stages["instruction"].update(max_steps=40, save_steps=10, save_total_limit=2)
+    manifest = manifest_of(tmp_path, labelled_images)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    write_job(job_dir, tiny_fakevlm(training_params, manifest), manifest, training_params)
+    command = [sys.executable, "-m", "fakevlm.launch", str(job_dir)]
+    checkpoints = Path(stages["instruction"]["output_dir"])
+
+    first = subprocess.Popen(command, env=worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "checkpoint-10" / "trainer_state.json").is_file():
+        assert first.poll() is None and time.monotonic() < deadline, "no checkpoint-10 before the run ended"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+    assert not (job_dir / "history.json").exists()
+    killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
+    assert 10 <= killed_at < 40
+
+    second = subprocess.run(command, env=worker_env(), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert "resuming from" in log and "instruction/checkpoint-" in log
+    assert "vision_warmup/checkpoint" not in log  # the warm-up's result is inside the checkpoint
+    history = json.loads((job_dir / "history.json").read_text())
+    steps = [entry["step"] for entry in history["instruction"] if "loss" in entry]
+    # the counter went on: one logged loss per step, from the first run and the second, up to 40
+    assert steps == list(range(1, 41))
+    assert json.loads((job_dir / "rank0.json").read_text())["steps"]["instruction"] == 40
+    assert (job_dir / "out" / "model.safetensors").is_file()
+
+
+def test_two_processes_train_through_torchrun(tmp_path, training_params, labelled_images):
+    training_params.update(keep_checkpoints=True,
+                           launcher={"command": "torchrun", "nproc_per_node": 2, "hostfile": None,
+                                     "master_port": None, "job_dir": str(tmp_path / "jobs")})
+    manifest = manifest_of(tmp_path, labelled_images)
+
+    model, summary, _ = train_fakevlm(manifest, training_params)
+
+    assert summary["ranks"] == [
+        {"rank": rank, "world_size": 2, "steps": {"vision_warmup": 4, "instruction": 4}} for rank in (0, 1)
+    ]
+    instruction = Path(training_params["stages"]["instruction"]["output_dir"])
+    assert [p.name for p in instruction.glob("checkpoint-*")] == ["checkpoint-4"]
+    # ZeRO-2 shards the optimizer state: one file per rank in the one checkpoint
+    shards = sorted(p.name for p in (instruction / "checkpoint-4").glob("global_step4/*optim_states.pt"))
+    assert len(shards) == 2
+    assert list((tmp_path / "jobs").iterdir()) == []  # the job folder went away with the run
+    assert model.generate([labelled_images[0][1]], QUESTION, max_new_tokens=4)[0] is not None
