@@ -259,3 +259,18 @@ def test_score_rejects_bad_inputs(args: tuple, match: str) -> None:
 
 def test_unparsed_sentinel_is_not_a_class() -> None:
     assert UNPARSED not in {"real", "fake"}
+
+
+def test_score_verdicts_equals_sklearn_and_counts_anything_else_as_wrong():
+    from fakevlm.metrics import score_verdicts
+
+    labels = ["fake", "fake", "real", "real", "fake", "real"]
+    predicted = ["fake", "real", "real", "fake", "maybe", "real"]
+    categories = ["doc", "doc", "doc", "scene", "scene", "scene"]
+    result = score_verdicts(predicted, labels, categories)
+    assert result["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
+    assert result["f1"] == pytest.approx(f1_score(labels, predicted, labels=["fake"], average="macro"))
+    assert result["n_unparsed"] == 1 and result["fake_accuracy"] == pytest.approx(1 / 3)
+    assert result["per_category"]["doc"]["accuracy"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="labels must be"):
+        score_verdicts(["fake"], ["FAKE"])

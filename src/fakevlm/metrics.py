@@ -236,13 +236,8 @@ def _class_accuracy(y_true: Sequence[str], y_pred: Sequence[str], cls: str) -> f
     return float(np.mean(hits)) if hits else math.nan
 
 
-def _summary(
-    y_true: Sequence[str],
-    y_pred: Sequence[str],
-    rouge: Sequence[float],
-    css: Sequence[float] | None,
-) -> dict[str, Any]:
-    """The metric dict for one set of samples."""
+def _verdict_summary(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, Any]:
+    """The verdict metrics for one set of samples."""
     # Explicit labels keep the UNPARSED sentinel out of the averaging while its predictions
     # still count: a fake sample predicted UNPARSED is a false negative for "fake".
     # labels=["fake"] with average="macro" is exactly the binary F1 of the fake class;
@@ -257,9 +252,52 @@ def _summary(
         "macro_f1": float(macro_f1),
         "real_accuracy": _class_accuracy(y_true, y_pred, "real"),
         "fake_accuracy": _class_accuracy(y_true, y_pred, "fake"),
+    }
+
+
+def _summary(
+    y_true: Sequence[str],
+    y_pred: Sequence[str],
+    rouge: Sequence[float],
+    css: Sequence[float] | None,
+) -> dict[str, Any]:
+    """The metric dict for one set of samples."""
+    return {
+        **_verdict_summary(y_true, y_pred),
         "rouge_l": float(np.mean(rouge)),
         "css": float(np.mean(css)) if css is not None else math.nan,
     }
+
+
+def _check_labels(labels: Sequence[str]) -> None:
+    bad = sorted({repr(x) for x in labels if x not in CLASSES})
+    if bad:
+        raise ValueError(
+            f"labels must be 'real' or 'fake'; got {', '.join(bad)} "
+            "(FakeClue's integer label: 0 = fake, 1 = real)"
+        )
+
+
+def score_verdicts(
+    predicted: Sequence[str], labels: Sequence[str], categories: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The verdict metrics of :func:`score` for a classifier that outputs labels, not text.
+
+    ``predicted`` holds "real" / "fake" (anything else counts as unparsed, i.e. wrong).
+    """
+    if len(predicted) == 0:
+        raise ValueError("score_verdicts() needs at least one prediction; got none")
+    _check_same_length(predicted=predicted, labels=labels, categories=categories)
+    _check_labels(labels)
+    y_pred = [p if p in CLASSES else UNPARSED for p in predicted]
+    result = _verdict_summary(list(labels), y_pred)
+    if categories is not None:
+        result["per_category"] = {
+            cat: _verdict_summary([t for t, c in zip(labels, categories) if c == cat],
+                                  [p for p, c in zip(y_pred, categories) if c == cat])
+            for cat in sorted(set(categories))
+        }
+    return result
 
 
 def score(
@@ -300,12 +338,7 @@ def score(
     _check_same_length(
         predictions=predictions, references=references, labels=labels, categories=categories
     )
-    bad = sorted({repr(x) for x in labels if x not in CLASSES})
-    if bad:
-        raise ValueError(
-            f"labels must be 'real' or 'fake'; got {', '.join(bad)} "
-            "(FakeClue's integer label: 0 = fake, 1 = real)"
-        )
+    _check_labels(labels)
     y_true = list(labels)
     y_pred = [parse_verdict(p) or UNPARSED for p in predictions]
     rouge = rouge_l_scores(predictions, references)

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from fakevlm.model import FakeVLM
-from fakevlm.pipelines.evaluation.nodes import compute_metrics, evaluate, flatten_metrics
+from fakevlm.baseline import CNNDetector
+from fakevlm.pipelines.evaluation.nodes import compute_metrics, evaluate, evaluate_baseline, flatten_metrics
 
 from ...conftest import QUESTION
 
@@ -21,7 +22,9 @@ def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_image
     model = FakeVLM.from_pretrained(saved_tiny_model)
     params = {"benchmarks": {"test": "mini", "train": None}, "max_new_tokens": 12, "batch_size": 4}
 
-    predictions, metrics, mlflow_metrics = evaluate(model, manifest, params, QUESTION)
+    baseline = CNNDetector({"width": 4, "image_size": 32, "image_mean": [0.5] * 3, "image_std": [0.25] * 3})
+    baseline_metrics = evaluate_baseline(baseline, manifest, params)
+    predictions, metrics, mlflow_metrics = evaluate(model, manifest, baseline_metrics, params, QUESTION)
 
     assert list(predictions["id"]) == [r["id"] for r in rows[:6]]  # the test split only, in order
     assert predictions["prediction"].tolist() == model.generate(
@@ -33,6 +36,12 @@ def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_image
     assert mini["accuracy"] == pytest.approx((parsed == predictions["label"]).mean())
     assert mlflow_metrics["mini.accuracy"] == {"value": mini["accuracy"], "step": 0}
     assert "mini.per_category.doc.rouge_l" in mlflow_metrics
+    # the baseline is scored on the same rows, beside FakeVLM
+    probabilities = baseline.fake_probability([image for _, image, *_ in labelled_images[:6]])
+    baseline_accuracy = sum((p >= 0.5) == (r["label"] == "fake") for p, r in zip(probabilities, rows)) / 6
+    assert mini["baseline_cnn"]["accuracy"] == pytest.approx(baseline_accuracy)
+    assert mini["baseline_cnn"]["n"] == 6 and set(mini["baseline_cnn"]["per_category"]) == {"animal", "doc"}
+    assert "mini.baseline_cnn.accuracy" in mlflow_metrics
     json.dumps(metrics)
 
 

@@ -7,19 +7,23 @@ from typing import Any
 
 import pandas as pd
 
-from fakevlm.metrics import parse_verdict, score
+from fakevlm.baseline import LABELS, CNNDetector
+from fakevlm.metrics import parse_verdict, score, score_verdicts
 from fakevlm.model import FakeVLM
 from fakevlm.training import load_examples, split_rows
 
 log = logging.getLogger(__name__)
 
 
+def benchmark_splits(params: dict[str, Any]) -> list[tuple[str, str]]:
+    """(manifest split, benchmark name) of every configured benchmark, sorted."""
+    return [(split, benchmark) for split, benchmark in sorted(params["benchmarks"].items()) if benchmark is not None]
+
+
 def predict(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, Any], question: str) -> pd.DataFrame:
     """One row per benchmark image: the generated answer, its parsed verdict and the reference."""
     frames = []
-    for split, benchmark in sorted(params["benchmarks"].items()):
-        if benchmark is None:
-            continue
+    for split, benchmark in benchmark_splits(params):
         rows = split_rows(manifest, split)
         examples = load_examples(rows)
         answers = fakevlm_model.generate(
@@ -77,11 +81,31 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
     return flat
 
 
+def evaluate_baseline(
+    baseline_model: CNNDetector, validated_manifest: pd.DataFrame, params: dict[str, Any]
+) -> dict[str, Any]:
+    """The CNN baseline's verdict metrics on every benchmark, overall and per category."""
+    metrics = {}
+    for split, benchmark in benchmark_splits(params):
+        rows = split_rows(validated_manifest, split)
+        probabilities = baseline_model.fake_probability([e.image for e in load_examples(rows)])
+        predicted = [LABELS[int(p >= 0.5)] for p in probabilities]
+        metrics[benchmark] = score_verdicts(predicted, rows["label"].tolist(), rows["category"].tolist())
+        log.info("%s: baseline CNN accuracy %.3f", benchmark, metrics[benchmark]["accuracy"])
+    return metrics
+
+
 def evaluate(
-    fakevlm_model: FakeVLM, validated_manifest: pd.DataFrame, params: dict[str, Any], question: str
+    fakevlm_model: FakeVLM,
+    validated_manifest: pd.DataFrame,
+    baseline_metrics: dict[str, Any],
+    params: dict[str, Any],
+    question: str,
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, dict[str, float]]]:
-    """Predictions, the metrics report and the same metrics for MLflow."""
+    """Predictions, the metrics report (the baseline's beside FakeVLM's) and the metrics for MLflow."""
     predictions = predict(fakevlm_model, validated_manifest, params, question)
     metrics = compute_metrics(predictions)
+    for benchmark, baseline in baseline_metrics.items():
+        metrics[benchmark]["baseline_cnn"] = baseline
     mlflow_metrics = {k: {"value": v, "step": 0} for k, v in flatten_metrics(metrics).items()}
     return predictions, metrics, mlflow_metrics

@@ -1,14 +1,21 @@
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import evaluate
+from .nodes import evaluate, evaluate_baseline
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
+                evaluate_baseline,
+                ["baseline_model", "validated_manifest", "params:evaluation"],
+                "baseline_metrics",
+                name="evaluate_baseline",
+            ),
+            Node(
                 evaluate,
-                ["fakevlm_model", "validated_manifest", "params:evaluation", "params:training.question"],
+                ["fakevlm_model", "validated_manifest", "baseline_metrics", "params:evaluation",
+                 "params:training.question"],
                 ["predictions", "metrics", "evaluation_mlflow_metrics"],
                 name="evaluate",
             )

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
+from fakevlm.baseline import CNNDetector, train_cnn
 from fakevlm.launch import launch, write_job
 from fakevlm.model import (
     FakeVLM,
@@ -78,3 +80,17 @@ def train_fakevlm(
         remove_checkpoints(stages)
     summary = {"n_parameters": n_params, "n_samples": len(examples), "ranks": ranks, "stages": history}
     return fakevlm, summary, history_as_mlflow_metrics(history)
+
+
+def train_baseline(
+    validated_manifest: pd.DataFrame, params: dict[str, Any], train_split: str
+) -> tuple[CNNDetector, dict[str, Any]]:
+    """The CNN baseline on the same training split as FakeVLM; returns it and its history."""
+    examples = load_examples(split_rows(validated_manifest, train_split))
+    torch.manual_seed(params["train"]["seed"])
+    model = CNNDetector(params["model"])
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("training a %.2f M-parameter CNN baseline on %d samples", n_params / 1e6, len(examples))
+    history = train_cnn(model, [e.image for e in examples], [e.label for e in examples], params["train"])
+    return model, {"n_parameters": n_params, "n_samples": len(examples), "seconds": history[-1]["seconds"],
+                   "log": history}

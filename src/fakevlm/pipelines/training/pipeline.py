@@ -1,6 +1,6 @@
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import train_fakevlm
+from .nodes import train_baseline, train_fakevlm
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -11,6 +11,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["validated_manifest", "params:training"],
                 ["fakevlm_model", "training_history", "training_mlflow_metrics"],
                 name="train_fakevlm",
-            )
+            ),
+            Node(
+                train_baseline,
+                ["validated_manifest", "params:baseline", "params:training.train_split"],
+                ["baseline_model", "baseline_history"],
+                name="train_baseline",
+            ),
         ]
     )
