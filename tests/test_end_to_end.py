@@ -33,6 +33,7 @@ TINY = {
             "instruction": {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1},
         },
     },
+    "baseline": {"model": {"width": 4}, "train": {"max_steps": 2, "logging_steps": 1}},
     "evaluation": {"max_new_tokens": 8},
 }
 
@@ -87,6 +88,7 @@ def test_kedro_run_end_to_end_then_each_pipeline_alone(project):
         assert 0.0 <= metrics[key] <= 1.0
         assert set(metrics["per_category"]) == {"animal", "human", "object", "scene", "satellite", "doc", "deepfake"}
         assert all(key in per for per in metrics["per_category"].values())
+    assert 0.0 <= metrics["baseline_cnn"]["accuracy"] <= 1.0 and metrics["baseline_cnn"]["n"] == 7 * 2
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     champion = client.get_model_version_by_alias("fakevlm", "champion")
