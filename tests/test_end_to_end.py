@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -96,6 +97,11 @@ def test_kedro_run_end_to_end_then_each_pipeline_alone(project):
     assert run.data.params["training.stages.instruction.max_steps"] == "2"  # kedro-mlflow logged params
     assert "evaluation.fakeclue_mini_test.accuracy" in run.data.metrics
     assert "training.instruction.loss" in run.data.metrics
+    assert "training.instruction.samples_per_second" in run.data.metrics
+    manifest = project / "data/05_model_input/validated_manifest.parquet"
+    assert run.data.tags["data.validated_manifest.md5"] == hashlib.md5(manifest.read_bytes()).hexdigest()
+    logged = [a.path for a in client.list_artifacts(run.info.run_id, "deepspeed/instruction")]
+    assert logged == ["deepspeed/instruction/zero2.json"]
 
     model_dir = project / "data/06_models/fakevlm"
     assert (model_dir / "model.safetensors").is_file()

@@ -16,6 +16,8 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from fakevlm.metrics import UNPARSED, css_scores, parse_verdict, score, split_answer
 
+from .conftest import QUESTION
+
 # --- parse_verdict ---------------------------------------------------------------------------
 
 PARSE_CASES = [
@@ -274,3 +276,39 @@ def test_score_verdicts_equals_sklearn_and_counts_anything_else_as_wrong():
     assert result["per_category"]["doc"]["accuracy"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="labels must be"):
         score_verdicts(["fake"], ["FAKE"])
+
+
+def test_probability_scores_equal_sklearn_and_skip_missing_probabilities():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from fakevlm.metrics import expected_calibration_error, probability_scores
+
+    labels = ["fake", "real", "fake", "real", "fake", "real"]
+    probabilities = [0.9, 0.2, 0.4, 0.7, math.nan, 0.1]
+    result = probability_scores(probabilities, labels)
+    kept = [0, 1, 2, 3, 5]
+    is_fake = [int(labels[i] == "fake") for i in kept]
+    assert result["roc_auc"] == pytest.approx(roc_auc_score(is_fake, [probabilities[i] for i in kept]))
+    assert result["average_precision"] == pytest.approx(average_precision_score(is_fake, [probabilities[i] for i in kept]))
+    assert result["n_without_probability"] == 1
+    # by hand: confidences 0.9 0.8 0.6 0.7 0.9, correct 1 1 0 0 1; bins (0.55,0.6] (0.65,0.7] (0.75,0.8] (0.85,0.9]
+    expected = (abs(0.6 - 0) + abs(0.7 - 0) + abs(0.8 - 1) + 2 * abs(0.9 - 1)) / 5
+    assert result["ece"] == pytest.approx(expected)
+    assert expected_calibration_error([1.0, 0.0], ["fake", "real"]) == 0.0
+    assert math.isnan(probability_scores([0.3, 0.6], ["fake", "fake"])["roc_auc"])
+
+
+def test_fake_probability_follows_the_verdict_token(saved_tiny_model, labelled_images):
+    from fakevlm.model import FakeVLM, verdict_token_ids
+
+    model = FakeVLM.from_pretrained(saved_tiny_model)
+    real_id, fake_id = verdict_token_ids(model.processor.tokenizer)
+    assert real_id != fake_id
+    answers, probabilities = model.answer([im for _, im, _, _ in labelled_images[:4]], QUESTION, 12, batch_size=2)
+    assert answers == model.generate([im for _, im, _, _ in labelled_images[:4]], QUESTION, 12)
+    for answer, p in zip(answers, probabilities):
+        verdict = parse_verdict(answer)
+        if verdict is None:
+            assert math.isnan(p)
+        else:  # greedy decoding picked the more likely of the two tokens
+            assert (p >= 0.5) == (verdict == "fake"), (answer, p)

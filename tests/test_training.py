@@ -31,6 +31,7 @@ def test_two_stage_deepspeed_training_learns_and_is_seeded(training_params, labe
     warmup, instruction = losses(history, "vision_warmup"), losses(history, "instruction")
     assert len(warmup) == 4 and len(instruction) == 4
     assert instruction[-1] < instruction[0]
+    assert all(e["samples_per_second"] > 0 for e in history["instruction"] if "loss" in e)
     # torchtune-style guard: a silent change in data, masking or optimisation moves this number.
     # The first instruction loss is the untrained LM on a ~300-token vocabulary: about ln(300).
     assert instruction[0] == pytest.approx(5.7, abs=0.4)

@@ -107,20 +107,23 @@ def train_cnn(
     history: list[dict[str, float]] = []
     model.train()
     start = time.perf_counter()
-    for step in range(1, steps + 1):
-        index = torch.randint(0, len(pixels), (batch_size,), generator=generator)
-        batch = pixels[index]
-        # a mirror keeps every pixel-level artifact; it only changes where things are
-        flip = torch.rand(batch_size, generator=generator) < 0.5
-        batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
-        loss = F.cross_entropy(model(batch), targets[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % params["logging_steps"] == 0 or step == steps:
-            history.append({"step": step, "loss": loss.item(), "learning_rate": schedule.get_last_lr()[0],
-                            "seconds": time.perf_counter() - start})
-            log.info("baseline step %d/%d  loss %.4f", step, steps, loss.item())
+    # oneDNN's 1x1-convolution weight gradient spun forever at the second step inside `kedro run`
+    # (a thread barrier waiting for an OpenMP thread that never came); PyTorch's own kernels don't.
+    with torch.backends.mkldnn.flags(enabled=False):
+        for step in range(1, steps + 1):
+            index = torch.randint(0, len(pixels), (batch_size,), generator=generator)
+            batch = pixels[index]
+            # a mirror keeps every pixel-level artifact; it only changes where things are
+            flip = torch.rand(batch_size, generator=generator) < 0.5
+            batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
+            loss = F.cross_entropy(model(batch), targets[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if step % params["logging_steps"] == 0 or step == steps:
+                history.append({"step": step, "loss": loss.item(), "learning_rate": schedule.get_last_lr()[0],
+                                "seconds": time.perf_counter() - start})
+                log.info("baseline step %d/%d  loss %.4f", step, steps, loss.item())
     model.eval()
     return history

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 
 import mlflow
 from kedro.framework.hooks import hook_impl
@@ -22,3 +24,28 @@ class ResultLocationsHook:
                 log.info("%s: %s", name, catalog.get(name)._describe().get("filepath"))
         uri = mlflow.get_tracking_uri()
         log.info("MLflow store: %s  (view: mlflow ui --backend-store-uri %s --host 127.0.0.1)", uri, uri)
+
+
+def file_md5(path: Path) -> str:
+    """The md5 DVC records for a file (its content's md5), so a run names the data it used."""
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TrainingProvenanceHook:
+    """Before training, tag the MLflow run with the training data's DVC md5 and log the
+    DeepSpeed configs of the stages (kedro-mlflow logs the parameters, not the files they name)."""
+
+    @hook_impl
+    def before_node_run(self, node, catalog, inputs) -> None:
+        if node.name != "train_fakevlm" or mlflow.active_run() is None:
+            return
+        manifest = Path(str(catalog.get("validated_manifest")._describe()["filepath"]))
+        if manifest.is_file():
+            mlflow.set_tag("data.validated_manifest.md5", file_md5(manifest))
+        for stage, args in inputs["params:training"]["stages"].items():
+            if args.get("deepspeed"):
+                mlflow.log_artifact(args["deepspeed"], artifact_path=f"deepspeed/{stage}")

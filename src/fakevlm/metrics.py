@@ -356,3 +356,50 @@ def score(
                 [css[i] for i in idx] if css is not None else None,
             )
     return result
+
+
+def expected_calibration_error(fake_probabilities: Sequence[float], labels: Sequence[str], n_bins: int = 10) -> float:
+    """Top-label ECE: the confidence of the predicted class against its accuracy, in `n_bins`
+    equal-width confidence bins, weighted by the share of samples in each."""
+    p_fake = np.asarray(fake_probabilities, dtype=float)
+    is_fake = np.asarray([label == "fake" for label in labels])
+    confidence = np.maximum(p_fake, 1 - p_fake)
+    correct = (p_fake >= 0.5) == is_fake
+    # confidence lies in [0.5, 1]; bins over [0.5, 1] so none is empty by construction
+    edges = np.linspace(0.5, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    return float(sum(abs(confidence[which == b].mean() - correct[which == b].mean()) * np.mean(which == b)
+                     for b in range(n_bins) if np.any(which == b)))
+
+
+def probability_scores(fake_probabilities: Sequence[float], labels: Sequence[str], n_bins: int = 10) -> dict[str, Any]:
+    """ROC-AUC and average precision (fake = positive, sklearn) and top-label ECE of the fake
+    probabilities. Samples without a probability (NaN: the answer named no verdict) are left
+    out and counted in ``n_without_probability``; AUC and AP are NaN when one class is missing."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    _check_same_length(fake_probabilities=fake_probabilities, labels=labels)
+    _check_labels(labels)
+    keep = [i for i, p in enumerate(fake_probabilities) if not math.isnan(p)]
+    p_fake = [float(fake_probabilities[i]) for i in keep]
+    y_true = [labels[i] for i in keep]
+    is_fake = [int(label == "fake") for label in y_true]
+    both_classes = len(set(is_fake)) == 2
+    return {
+        "n_without_probability": len(labels) - len(keep),
+        "roc_auc": float(roc_auc_score(is_fake, p_fake)) if both_classes else math.nan,
+        "average_precision": float(average_precision_score(is_fake, p_fake)) if both_classes else math.nan,
+        "ece": expected_calibration_error(p_fake, y_true, n_bins) if keep else math.nan,
+    }
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1.0}`, numbers only: the MLflow metric names."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat

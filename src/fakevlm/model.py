@@ -9,6 +9,7 @@ and generation.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
 
@@ -171,25 +173,58 @@ class FakeVLM:
         model.eval()
         return cls(model=model, processor=processor, source_dir=str(path))
 
-    @torch.no_grad()
     def generate(
         self, images: Sequence[Image.Image], question: str, max_new_tokens: int, batch_size: int = 16
     ) -> list[str]:
         """Greedy answers for `images`, batched with the KV cache."""
+        return self.answer(images, question, max_new_tokens, batch_size)[0]
+
+    @torch.no_grad()
+    def answer(
+        self, images: Sequence[Image.Image], question: str, max_new_tokens: int, batch_size: int = 16
+    ) -> tuple[list[str], list[float]]:
+        """Greedy answers for `images` and each one's fake probability.
+
+        The probability is the softmax over the "real" and "fake" tokens' logits at the step that
+        generated the first of them (the verdict); NaN for an answer that names neither.
+        """
         self.model.eval()
         prompt = build_prompt(self.processor, question)
+        real_id, fake_id = verdict_token_ids(self.processor.tokenizer)
         answers: list[str] = []
+        probabilities: list[float] = []
         for start in range(0, len(images), batch_size):
             batch = [image.convert("RGB") for image in images[start : start + batch_size]]
             inputs = self.processor(
                 images=batch, text=[prompt] * len(batch), return_tensors="pt", padding=True
             )
             output = self.model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                output_logits=True, return_dict_in_generate=True,
             )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
             answers += [
                 text.strip()
                 for text in self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             ]
-        return answers
+            logits = torch.stack(output.logits, dim=1)  # (batch, steps, vocab)
+            for row, tokens in enumerate(new_tokens):
+                steps = ((tokens == real_id) | (tokens == fake_id)).nonzero()
+                if len(steps) == 0:
+                    probabilities.append(math.nan)
+                    continue
+                pair = logits[row, int(steps[0]), [real_id, fake_id]].float()
+                probabilities.append(float(pair.softmax(dim=0)[1]))
+        return answers, probabilities
+
+
+def verdict_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """The tokens that decide "This is a real ..." vs "This is a fake ...": the first that differ.
+
+    Found by encoding both sentences, so it holds for any tokenizer (BPE, SentencePiece's "▁").
+    """
+    real, fake = (tokenizer(f"This is a {word} image.", add_special_tokens=False)["input_ids"] for word in ("real", "fake"))
+    for real_id, fake_id in zip(real, fake):
+        if real_id != fake_id:
+            return real_id, fake_id
+    raise ValueError("the tokenizer encodes 'real' and 'fake' the same way")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +20,17 @@ from fakevlm.serving import FakeVLMPyfunc, encode_image
 log = logging.getLogger(__name__)
 
 METRIC_TAG = "metric."
+DATA_TAG = "evaluation_data_hash"   # the evaluation split the metrics were measured on
 
 
-def champion_metrics(client: MlflowClient, name: str, alias: str) -> tuple[str | None, dict[str, float]]:
-    """The champion's version and the metrics it was registered with; (None, {}) if none."""
+def version_metrics(client: MlflowClient, name: str, alias: str) -> tuple[str | None, dict[str, float], dict[str, str]]:
+    """The version behind `alias`, the metrics it was registered with and its tags; None if none."""
     try:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
-        return None, {}
+        return None, {}, {}
     metrics = {k[len(METRIC_TAG) :]: float(v) for k, v in version.tags.items() if k.startswith(METRIC_TAG)}
-    return str(version.version), metrics
+    return str(version.version), metrics, dict(version.tags)
 
 
 def log_and_register(model_dir: str, name: str, question: str, max_new_tokens: int, example: Image.Image) -> str:
@@ -50,33 +53,89 @@ def _requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "transformers", "tokenizers", "pillow", "pandas", "mlflow", "sentence-transformers", "rouge-score", "scikit-learn")]
 
 
+def compare(challenger: dict[str, float], champion: dict[str, float], params: dict[str, Any]) -> list[str]:
+    """Why the challenger may not replace the champion; empty when it may.
+
+    The primary metric must improve by more than `min_improvement`; no guarded metric may get worse
+    by more than its tolerance (`lower_is_better` for metrics such as ECE). A guard whose key
+    ends in `*` (per_category.*.accuracy) covers every category the champion was scored on.
+    """
+    primary, margin = params["primary_metric"], float(params["min_improvement"])
+    failures = []
+    if challenger[primary] - champion[primary] <= margin:
+        failures.append(f"{primary} {challenger[primary]:.4f} does not beat the champion's {champion[primary]:.4f} "
+                        f"by more than {margin}")
+    for guard in params["guards"]:
+        pattern = re.compile("^" + re.escape(guard["metric"]).replace(r"\*", "[^.]+") + "$")
+        sign = -1.0 if guard.get("lower_is_better") else 1.0
+        for key in sorted(k for k in champion if pattern.match(k)):
+            if key not in challenger or math.isnan(challenger[key]) or math.isnan(champion[key]):
+                continue
+            regression = sign * (champion[key] - challenger[key])
+            if regression > guard["tolerance"]:
+                failures.append(f"{key} {challenger[key]:.4f} is worse than the champion's {champion[key]:.4f} "
+                                f"by more than {guard['tolerance']}")
+    return failures
+
+
 def promote_if_better(
-    client: MlflowClient, name: str, version: str, metrics: dict[str, float], params: dict[str, Any]
+    client: MlflowClient, name: str, version: str, metrics: dict[str, float], data_hash: str, params: dict[str, Any]
 ) -> dict[str, Any]:
-    """Record the version's metrics on it and move the champion alias if it is at least as good."""
+    """Tag the new version with its metrics, make it the challenger, and promote it when it beats
+    the champion on the same evaluation data (champion -> previous, challenger -> champion).
+
+    Returns the promotion record: both versions' metrics, the data hash, the decision and why.
+    """
     for key, value in metrics.items():
         client.set_model_version_tag(name, version, f"{METRIC_TAG}{key}", str(value))
-    alias = params["champion_alias"]
-    primary = params["primary_metric"]
-    champion_version, champion = champion_metrics(client, name, alias)
+    client.set_model_version_tag(name, version, DATA_TAG, data_hash)
+    client.set_registered_model_alias(name, params["challenger_alias"], version)
+    champion_version, champion, tags = version_metrics(client, name, params["champion_alias"])
     if champion_version is None:
-        promoted, reason = True, "no champion yet"
-    elif primary not in champion:
-        promoted, reason = True, f"champion v{champion_version} has no {primary}"
-    elif metrics[primary] >= champion[primary]:
-        promoted, reason = True, f"{primary} {metrics[primary]:.4f} >= champion v{champion_version}'s {champion[primary]:.4f}"
+        reasons = []
+        why = "no champion yet"
+    elif tags.get(DATA_TAG) != data_hash:
+        reasons = [f"champion v{champion_version} was evaluated on other data ({tags.get(DATA_TAG)} vs {data_hash}); "
+                   "evaluate both on the same split, then promote on demand"]
+        why = ""
     else:
-        promoted, reason = False, f"{primary} {metrics[primary]:.4f} < champion v{champion_version}'s {champion[primary]:.4f}"
+        reasons = compare(metrics, champion, params)
+        why = f"beats champion v{champion_version} on {params['primary_metric']} within every guard"
+    promoted = not reasons
     if promoted:
-        client.set_registered_model_alias(name, alias, version)
-    log.info("model %s v%s: %s (%s)", name, version, "promoted to @" + alias if promoted else "not promoted", reason)
+        move_champion(client, name, version, params)
+    log.info("model %s v%s: %s (%s)", name, version, "promoted to @" + params["champion_alias"] if promoted
+             else "not promoted", why if promoted else "; ".join(reasons))
     return {
         "model_name": name,
         "version": version,
         "promoted": promoted,
-        "reason": reason,
-        "alias": alias,
-        "primary_metric": primary,
+        "reason": why if promoted else "; ".join(reasons),
+        "alias": params["champion_alias"],
+        "primary_metric": params["primary_metric"],
+        "data_hash": data_hash,
         "metrics": metrics,
         "previous_champion": {"version": champion_version, "metrics": champion},
     }
+
+
+def move_champion(client: MlflowClient, name: str, version: str, params: dict[str, Any]) -> str | None:
+    """Make `version` the champion; the champion it replaces becomes `previous`. Returns that one."""
+    old, _, _ = version_metrics(client, name, params["champion_alias"])
+    if old == version:
+        return None
+    if old is not None:
+        client.set_registered_model_alias(name, params["previous_alias"], old)
+    client.set_registered_model_alias(name, params["champion_alias"], version)
+    return old
+
+
+def rollback(client: MlflowClient, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`previous` becomes the champion again (and the champion it replaces becomes `previous`)."""
+    previous, _, _ = version_metrics(client, name, params["previous_alias"])
+    if previous is None:
+        raise ValueError(f"model {name!r} has no @{params['previous_alias']} version to roll back to")
+    replaced = move_champion(client, name, previous, params)
+    log.info("model %s: v%s is @%s again (v%s is @%s)", name, previous, params["champion_alias"], replaced,
+             params["previous_alias"])
+    return {"model_name": name, "champion": previous, "previous": replaced, "action": "rollback"}

@@ -3,10 +3,10 @@
 from kedro.config import OmegaConfigLoader
 from kedro_mlflow.framework.hooks import MlflowHook
 
-from fakevlm.hooks import ResultLocationsHook
+from fakevlm.hooks import ResultLocationsHook, TrainingProvenanceHook
 from omegaconf.resolvers import oc
 
-HOOKS = (MlflowHook(), ResultLocationsHook())
+HOOKS = (MlflowHook(), TrainingProvenanceHook(), ResultLocationsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from transformers import LlavaForConditionalGeneration, LlavaProcessor, Trainer, TrainingArguments
+from transformers import LlavaForConditionalGeneration, LlavaProcessor, Trainer, TrainerCallback, TrainingArguments
 
 from fakevlm.formats import open_image
 from fakevlm.model import answer_suffix, build_prompt
@@ -197,6 +198,21 @@ def training_arguments(args: dict[str, Any]) -> TrainingArguments:
     return TrainingArguments(**args)
 
 
+class ThroughputCallback(TrainerCallback):
+    """Adds samples/s since the previous logging step to each entry of the log history."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = (state.global_step, time.perf_counter())
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        step, then = self.last
+        now = time.perf_counter()
+        if state.global_step > step and "loss" in state.log_history[-1]:
+            samples = (state.global_step - step) * args.train_batch_size * args.gradient_accumulation_steps
+            state.log_history[-1]["samples_per_second"] = samples * args.world_size / (now - then)
+            self.last = (state.global_step, now)
+
+
 HISTORY_FILE = "log_history.json"   # a finished stage's history, beside its checkpoints
 FINGERPRINT_FILE = "fingerprint.txt"
 
@@ -218,7 +234,8 @@ def run_trainer(model: nn.Module, dataset: list, collator, args: dict[str, Any])
     """Train `model` in place with HF Trainer, resuming from the stage's last checkpoint if any;
     returns the logged history."""
     ensure_distributed_env()
-    trainer = Trainer(model=model, args=training_arguments(args), train_dataset=dataset, data_collator=collator)
+    trainer = Trainer(model=model, args=training_arguments(args), train_dataset=dataset, data_collator=collator,
+                      callbacks=[ThroughputCallback()])
     checkpoint = resumable_checkpoint(args)
     if checkpoint:
         log.info("resuming from %s", checkpoint)

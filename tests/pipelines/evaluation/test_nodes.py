@@ -5,7 +5,8 @@ import pytest
 
 from fakevlm.model import FakeVLM
 from fakevlm.baseline import CNNDetector
-from fakevlm.pipelines.evaluation.nodes import compute_metrics, evaluate, evaluate_baseline, flatten_metrics
+from fakevlm.metrics import flatten_metrics
+from fakevlm.pipelines.evaluation.nodes import compute_metrics, evaluate, evaluate_baseline
 
 from ...conftest import QUESTION
 
@@ -36,6 +37,10 @@ def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_image
     assert mini["accuracy"] == pytest.approx((parsed == predictions["label"]).mean())
     assert mlflow_metrics["mini.accuracy"] == {"value": mini["accuracy"], "step": 0}
     assert "mini.per_category.doc.rouge_l" in mlflow_metrics
+    named = predictions["prediction"].str.contains(r"\b(?:real|fake)\b")
+    assert predictions["fake_probability"][named].between(0, 1).all()
+    assert predictions["fake_probability"][~named].isna().all()
+    assert {"roc_auc", "average_precision", "ece"} <= set(mini)
     # the baseline is scored on the same rows, beside FakeVLM
     probabilities = baseline.fake_probability([image for _, image, *_ in labelled_images[:6]])
     baseline_accuracy = sum((p >= 0.5) == (r["label"] == "fake") for p, r in zip(probabilities, rows)) / 6
@@ -53,11 +58,19 @@ def test_compute_metrics_per_benchmark():
             "reference": ["This is a fake image. x", "This is a fake image. x", "This is a real image. y", "This is a real image. y"],
             "label": ["fake", "fake", "real", "real"],
             "category": ["doc", "doc", "scene", "scene"],
+            "artifact_family": ["splice", "checkerboard", None, None],
+            "predicted_label": ["fake", "real", "real", None],
+            "fake_probability": [0.9, 0.4, 0.2, float("nan")],
         }
     )
     metrics = compute_metrics(predictions)
     assert metrics["a"]["accuracy"] == 0.5 and metrics["b"]["accuracy"] == 0.5
     assert metrics["b"]["n_unparsed"] == 1
+    assert metrics["b"]["n_without_probability"] == 1
+    assert metrics["a"]["per_family"]["splice"]["accuracy"] == 1.0
+    assert metrics["a"]["per_family"]["checkerboard"]["accuracy"] == 0.0
+    assert metrics["b"]["per_family"]["real"]["n"] == 2
+    assert metrics["a"]["per_category"]["doc"]["ece"] == pytest.approx(metrics["a"]["ece"])
 
 
 def test_flatten_metrics_keeps_numbers_only():

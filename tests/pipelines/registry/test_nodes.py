@@ -1,3 +1,5 @@
+import json
+
 import mlflow
 import pandas as pd
 import pytest
@@ -5,39 +7,82 @@ from mlflow import MlflowClient
 
 from fakevlm.model import FakeVLM
 from fakevlm.pipelines.registry.nodes import register_model
+from fakevlm.registry import rollback
 from fakevlm.serving import encode_image
 
 from ...conftest import QUESTION, load_params
 
 
-def metrics_with(accuracy):
-    return {"fakeclue_mini_test": {"n": 10, "accuracy": accuracy, "f1": 0.5, "rouge_l": 0.4, "css": 0.6, "per_category": {}}}
+def metrics_with(accuracy, f1=0.5, doc=0.5):
+    return {"fakeclue_mini_test": {"n": 10, "accuracy": accuracy, "f1": f1, "rouge_l": 0.4, "css": 0.6, "ece": 0.1,
+                                   "per_category": {"doc": {"accuracy": doc}},
+                                   "baseline_cnn": {"accuracy": 0.99}}}
 
 
-def test_first_model_becomes_champion_worse_one_does_not(saved_tiny_model, mlflow_store, labelled_images, tmp_path):
+def aliases(client):
+    return {alias: str(client.get_model_version_by_alias("fakevlm", alias).version)
+            for alias in ("champion", "challenger", "previous")
+            if alias in client.get_registered_model("fakevlm").aliases}
+
+
+@pytest.fixture
+def register(saved_tiny_model, mlflow_store, labelled_images, tmp_path):
     params = load_params("registry")
     image_path = tmp_path / "example.png"
     labelled_images[0][1].save(image_path)
-    manifest = pd.DataFrame({"image_path": [str(image_path)]})
+    manifest = pd.DataFrame({"id": ["a"], "image_path": [str(image_path)], "sha256": ["00"], "label": ["fake"],
+                             "split": ["test"]})
     model = FakeVLM.from_pretrained(saved_tiny_model)
 
-    first = register_model(model, metrics_with(0.8), manifest, params, QUESTION)
-    assert first["promoted"] and first["version"] == "1" and first["reason"] == "no champion yet"
+    def run(metrics, data=manifest):
+        return register_model(model, metrics, data, params, QUESTION)
+
+    run.model, run.params, run.manifest = model, params, manifest
+    return run
+
+
+def test_promotion_gate_promotes_better_refuses_worse_and_rolls_back(register, labelled_images):
     client = MlflowClient()
-    assert str(client.get_model_version_by_alias("fakevlm", "champion").version) == "1"
+    first = register(metrics_with(0.8))
+    assert first["promoted"] and first["version"] == "1" and first["reason"] == "no champion yet"
+    assert aliases(client) == {"champion": "1", "challenger": "1"}
 
-    worse = register_model(model, metrics_with(0.7), manifest, params, QUESTION)
+    worse = register(metrics_with(0.7))
     assert not worse["promoted"] and worse["version"] == "2"
-    assert "0.7000 < champion v1's 0.8000" in worse["reason"]
-    assert str(client.get_model_version_by_alias("fakevlm", "champion").version) == "1"
+    assert "accuracy 0.7000 does not beat the champion's 0.8000" in worse["reason"]
+    assert aliases(client) == {"champion": "1", "challenger": "2"}   # nothing moved but the challenger
 
-    equal = register_model(model, metrics_with(0.8), manifest, params, QUESTION)
-    assert equal["promoted"] and str(client.get_model_version_by_alias("fakevlm", "champion").version) == "3"
-    assert equal["previous_champion"]["metrics"]["accuracy"] == pytest.approx(0.8)
+    equal = register(metrics_with(0.8))
+    assert not equal["promoted"], "an equal model does not beat the champion"
 
-    # the registered pyfunc answers like the model it wraps
+    regressing = register(metrics_with(0.9, f1=0.3, doc=0.2))
+    assert not regressing["promoted"]
+    assert "f1 0.3000 is worse" in regressing["reason"] and "per_category.doc.accuracy 0.2000 is worse" in regressing["reason"]
+
+    better = register(metrics_with(0.9))
+    assert better["promoted"] and better["version"] == "5"
+    assert aliases(client) == {"champion": "5", "challenger": "5", "previous": "1"}
+    assert better["previous_champion"]["version"] == "1"
+    assert better["previous_champion"]["metrics"]["accuracy"] == pytest.approx(0.8)
+    assert "baseline_cnn.accuracy" not in better["metrics"]
+    # the record is logged to the run it was made in
+    logged = mlflow.artifacts.load_dict(f"runs:/{better['run_id']}/registry_decision.json")
+    assert logged["version"] == "5" and logged["data_hash"] == better["data_hash"]
+
+    back = rollback(client, "fakevlm", register.params)
+    assert back == {"model_name": "fakevlm", "champion": "1", "previous": "5", "action": "rollback"}
+    assert aliases(client)["champion"] == "1" and aliases(client)["previous"] == "5"
+
+    # the served pyfunc answers like the model it wraps
     served = mlflow.pyfunc.load_model("models:/fakevlm@champion")
     out = served.predict(pd.DataFrame({"image": [encode_image(labelled_images[1][1])]}))
-    expected = model.generate([labelled_images[1][1]], QUESTION, params["max_new_tokens"])[0]
+    expected = register.model.generate([labelled_images[1][1]], QUESTION, register.params["max_new_tokens"])[0]
     assert out["explanation"].tolist() == [expected]
-    assert out["verdict"].iloc[0] in ("real", "fake", None)
+    json.dumps(better)
+
+
+def test_no_promotion_across_evaluation_data(register):
+    register(metrics_with(0.5))
+    other_data = register.manifest.assign(sha256=["11"])
+    decision = register(metrics_with(0.99), other_data)
+    assert not decision["promoted"] and "evaluated on other data" in decision["reason"]

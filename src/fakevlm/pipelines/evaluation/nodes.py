@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from fakevlm.baseline import LABELS, CNNDetector
-from fakevlm.metrics import parse_verdict, score, score_verdicts
+from fakevlm.metrics import flatten_metrics, parse_verdict, probability_scores, score, score_verdicts
 from fakevlm.model import FakeVLM
 from fakevlm.training import load_examples, split_rows
 
@@ -26,7 +26,7 @@ def predict(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, An
     for split, benchmark in benchmark_splits(params):
         rows = split_rows(manifest, split)
         examples = load_examples(rows)
-        answers = fakevlm_model.generate(
+        answers, fake_probabilities = fakevlm_model.answer(
             [e.image for e in examples], question, params["max_new_tokens"], params["batch_size"]
         )
         frames.append(
@@ -41,6 +41,7 @@ def predict(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, An
                     "reference": rows["answer"].to_numpy(),
                     "prediction": answers,
                     "predicted_label": [parse_verdict(a) for a in answers],
+                    "fake_probability": fake_probabilities,
                 }
             )
         )
@@ -57,6 +58,15 @@ def compute_metrics(predictions: pd.DataFrame) -> dict[str, Any]:
             rows["label"].tolist(),
             categories=rows["category"].tolist(),
         )
+        metrics[benchmark].update(probability_scores(rows["fake_probability"].tolist(), rows["label"].tolist()))
+        for category, part in rows.groupby("category", sort=True):
+            metrics[benchmark]["per_category"][category].update(
+                probability_scores(part["fake_probability"].tolist(), part["label"].tolist()))
+        # per generator / artifact family where the source says which; real images as "real"
+        families = rows["artifact_family"].where(rows["label"] == "fake", "real").fillna("unknown")
+        metrics[benchmark]["per_family"] = score_verdicts(
+            rows["predicted_label"].fillna("unparsed").tolist(), rows["label"].tolist(), families.tolist()
+        )["per_category"]
         log.info(
             "%s: accuracy %.3f  f1 %.3f  rouge_l %.3f  css %.3f  (n=%d)",
             benchmark,
@@ -67,18 +77,6 @@ def compute_metrics(predictions: pd.DataFrame) -> dict[str, Any]:
             metrics[benchmark]["n"],
         )
     return metrics
-
-
-def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """`{"a": {"b": 1}}` -> `{"a.b": 1.0}`, numbers only: the MLflow metric names."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_metrics(value, f"{name}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
-    return flat
 
 
 def evaluate_baseline(

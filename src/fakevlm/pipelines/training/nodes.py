@@ -44,7 +44,7 @@ def history_as_mlflow_metrics(history: dict[str, list[dict[str, float]]]) -> dic
     metrics: dict[str, list[dict[str, float]]] = {}
     for stage, entries in history.items():
         for entry in entries:
-            for key in ("loss", "grad_norm", "learning_rate", "train_loss", "train_runtime"):
+            for key in ("loss", "grad_norm", "learning_rate", "samples_per_second", "train_loss", "train_runtime"):
                 if key in entry:
                     metrics.setdefault(f"{stage}.{key}", []).append(
                         {"step": int(entry["step"]), "value": float(entry[key])}
