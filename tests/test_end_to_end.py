@@ -93,6 +93,8 @@ def test_kedro_run_end_to_end_then_each_pipeline_alone(project):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     champion = client.get_model_version_by_alias("fakevlm", "champion")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.run_id for r in runs] == [champion.run_id]  # one `kedro run`, one MLflow run
     run = client.get_run(champion.run_id)
     assert run.data.params["training.stages.instruction.max_steps"] == "2"  # kedro-mlflow logged params
     assert "evaluation.fakeclue_mini_test.accuracy" in run.data.metrics

@@ -25,7 +25,7 @@ def encode_image(image: Image.Image) -> str:
 
 
 class FakeVLMPyfunc(mlflow.pyfunc.PythonModel):
-    """`predict(DataFrame[image: base64 PNG/JPEG])` -> DataFrame[verdict, explanation]."""
+    """`predict(DataFrame[image: base64 PNG/JPEG])` -> DataFrame[verdict, fake_probability, explanation]."""
 
     def __init__(self, question: str, max_new_tokens: int):
         self.question = question
@@ -42,5 +42,6 @@ class FakeVLMPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         images = [Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB") for data in model_input["image"]]
-        answers = self.fakevlm.generate(images, self.question, self.max_new_tokens)
-        return pd.DataFrame({"verdict": [parse_verdict(a) for a in answers], "explanation": answers})
+        answers, fake_probabilities = self.fakevlm.answer(images, self.question, self.max_new_tokens)
+        return pd.DataFrame({"verdict": [parse_verdict(a) for a in answers], "fake_probability": fake_probabilities,
+                             "explanation": answers})

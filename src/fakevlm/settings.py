@@ -1,12 +1,13 @@
 """Kedro project settings."""
 
 from kedro.config import OmegaConfigLoader
-from kedro_mlflow.framework.hooks import MlflowHook
 
 from fakevlm.hooks import ResultLocationsHook, TrainingProvenanceHook
 from omegaconf.resolvers import oc
 
-HOOKS = (MlflowHook(), TrainingProvenanceHook(), ResultLocationsHook())
+# kedro-mlflow's MlflowHook registers itself through its plugin entry point; listing it here too
+# made every `kedro run` start two MLflow runs and split its logs between them.
+HOOKS = (TrainingProvenanceHook(), ResultLocationsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

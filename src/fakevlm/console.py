@@ -1,0 +1,135 @@
+"""The `fakevlm` command (not `cli.py`: Kedro reads that name for project commands): use a trained detector on your own images, and manage the registry's aliases.
+
+    fakevlm detect IMAGE_OR_FOLDER... [--model models:/fakevlm@champion | FOLDER] [--json]
+    fakevlm registry rollback | promote VERSION
+
+The MLflow store is $MLFLOW_TRACKING_URI, else the project's sqlite:///mlflow.db.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from fakevlm.metrics import parse_verdict
+
+DEFAULT_MODEL = "models:/fakevlm@champion"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"    # conf/base/mlflow.yml's default
+DEFAULT_QUESTION = "Does the image looks real/fake?"   # FakeClue's prompt; the registry's model carries its own
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+REGISTRY = {"model_name": "fakevlm", "champion_alias": "champion", "previous_alias": "previous"}
+
+
+def image_paths(targets: Sequence[str]) -> Iterator[Path]:
+    """Files as given; folders walked for image files, sorted. A missing path is yielded too,
+    so that it is reported rather than skipped in silence."""
+    for target in map(Path, targets):
+        if target.is_dir():
+            yield from sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield target
+
+
+def read_image(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def load_detector(model: str):
+    """(FakeVLM, question, max_new_tokens) from a registry URI or a save_pretrained folder."""
+    from fakevlm.model import FakeVLM
+
+    if Path(model).is_dir():
+        return FakeVLM.from_pretrained(model), DEFAULT_QUESTION, 96
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    wrapped = mlflow.pyfunc.load_model(model).unwrap_python_model()
+    return wrapped.fakevlm, wrapped.question, wrapped.max_new_tokens
+
+
+def detect(args: argparse.Namespace) -> int:
+    fakevlm, question, max_new_tokens = load_detector(args.model)
+    paths = list(image_paths(args.targets))
+    failures = 0
+    for start in tqdm(range(0, len(paths), args.batch_size), desc="images", unit="batch", disable=len(paths) <= 1,
+                      file=sys.stderr):
+        batch, results = [], {}
+        for path in paths[start : start + args.batch_size]:
+            try:
+                batch.append((path, read_image(path)))
+            except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+                results[path] = {"path": str(path), "error": f"{type(error).__name__}: {error}"}
+        if batch:
+            answers, probabilities = fakevlm.answer([image for _, image in batch], question, max_new_tokens,
+                                                    args.batch_size)
+            for (path, _), answer, probability in zip(batch, answers, probabilities):
+                results[path] = {"path": str(path), "verdict": parse_verdict(answer),
+                                 "fake_probability": None if math.isnan(probability) else round(probability, 4),
+                                 "explanation": answer}
+        for path in paths[start : start + args.batch_size]:
+            print_result(results[path], args.json)
+            failures += "error" in results[path]
+    return 1 if failures == len(paths) else 0
+
+
+def print_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result), flush=True)
+    elif "error" in result:
+        print(f"{result['path']}: error: {result['error']}", flush=True)
+    else:
+        probability = "" if result["fake_probability"] is None else f" (fake probability {result['fake_probability']:.2f})"
+        print(f"{result['path']}: {result['verdict'] or 'no verdict'}{probability}: {result['explanation']}", flush=True)
+
+
+def registry(args: argparse.Namespace) -> int:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from fakevlm.registry import move_champion, rollback
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    client = MlflowClient()
+    params = dict(REGISTRY, model_name=args.name)
+    if args.action == "rollback":
+        record = rollback(client, args.name, params)
+    else:
+        replaced = move_champion(client, args.name, args.version, params)
+        record = {"model_name": args.name, "champion": args.version, "previous": replaced, "action": "promote"}
+    print(json.dumps(record))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fakevlm", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("detect", help="say whether images are real or fake, and why")
+    run.add_argument("targets", nargs="+", help="image files or folders (searched recursively)")
+    run.add_argument("--model", default=DEFAULT_MODEL, help=f"registry URI or model folder (default {DEFAULT_MODEL})")
+    run.add_argument("--json", action="store_true", help="one JSON object per image")
+    run.add_argument("--batch-size", type=int, default=16)
+    run.set_defaults(handler=detect)
+    reg = commands.add_parser("registry", help="move the champion alias by hand")
+    reg.add_argument("action", choices=["rollback", "promote"])
+    reg.add_argument("version", nargs="?", help="the version to promote")
+    reg.add_argument("--name", default=REGISTRY["model_name"])
+    reg.set_defaults(handler=registry)
+    args = parser.parse_args(argv)
+    if args.command == "registry" and args.action == "promote" and not args.version:
+        parser.error("registry promote needs a VERSION")
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
