@@ -71,3 +71,60 @@ def _note_counts(notes: Iterable[dict[str, Any]]) -> dict[str, int]:
         for kind in filter(None, kinds):
             counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+SUMMARY_KEYS = ("n", "accuracy", "f1", "macro_f1", "real_accuracy", "fake_accuracy", "rouge_l", "css",
+                "roc_auc", "average_precision", "ece", "n_unparsed")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else _cell(value)
+
+
+def figure_data_uri(figure) -> str:
+    """A matplotlib figure as an inline PNG for an <img> tag."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def render_evaluation_html(metrics: dict[str, Any], figures: dict[str, str], worst: Sequence[dict[str, Any]]) -> str:
+    """The evaluation report: per benchmark the summary (FakeVLM beside the CNN baseline), the
+    confusion matrix, categories and artifact families; the figures; the worst answers."""
+    parts = ["<h1>Evaluation report</h1>"]
+    for benchmark, result in sorted(metrics.items()):
+        baseline = result.get("baseline_cnn", {})
+        parts += [
+            f"<h2>{_cell(benchmark)}</h2>",
+            table(["metric", "FakeVLM", "CNN baseline"],
+                  ([key, _number(result.get(key)), _number(baseline.get(key))] for key in SUMMARY_KEYS)),
+            "<h3>Confusion matrix (rows: truth)</h3>",
+            table(["truth \\ answer", *result["confusion"]["predicted"]],
+                  ([truth, *counts] for truth, counts in zip(result["confusion"]["truth"], result["confusion"]["counts"]))),
+            "<h3>Per category</h3>",
+            table(["category", "n", "accuracy", "CNN baseline accuracy", "F1", "ROUGE-L", "CSS", "ECE"],
+                  ([cat, per["n"], _number(per["accuracy"]),
+                    _number(baseline.get("per_category", {}).get(cat, {}).get("accuracy")),
+                    _number(per["f1"]), _number(per["rouge_l"]), _number(per["css"]), _number(per.get("ece"))]
+                   for cat, per in sorted(result["per_category"].items()))),
+            "<h3>Per artifact family (real images as \"real\")</h3>",
+            table(["family", "n", "accuracy"],
+                  ([family, per["n"], _number(per["accuracy"])] for family, per in sorted(result["per_family"].items()))),
+        ]
+    for name, uri in sorted(figures.items()):
+        parts.append(f"<h2>{_cell(name)}</h2><img alt=\"{_cell(name)}\" src=\"{html.escape(uri)}\">")
+    parts.append("<h2>Worst answers first (wrong verdicts, most confident first; then lowest ROUGE-L)</h2>")
+    rows = "".join(
+        f"<tr><td><img src=\"{html.escape(item['image'])}\" width=\"96\"></td><td>{_cell(item['id'])}<br>"
+        f"{_cell(item['benchmark'])}</td><td>{_cell(item['label'])}</td><td>{_number(item['fake_probability'])}</td>"
+        f"<td>{_cell(item['prediction'])}</td><td>{_cell(item['reference'])}</td></tr>"
+        for item in worst)
+    parts.append("<table><thead><tr><th>image</th><th>id</th><th>truth</th><th>fake probability</th>"
+                 f"<th>generated</th><th>reference</th></tr></thead><tbody>{rows}</tbody></table>")
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Evaluation report</title>"
+            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")

@@ -6,7 +6,7 @@ import pytest
 from fakevlm.model import FakeVLM
 from fakevlm.baseline import CNNDetector
 from fakevlm.metrics import flatten_metrics
-from fakevlm.pipelines.evaluation.nodes import compute_metrics, evaluate, evaluate_baseline
+from fakevlm.pipelines.evaluation.nodes import compute_metrics, evaluate, evaluate_baseline, report_evaluation
 
 from ...conftest import QUESTION
 
@@ -47,6 +47,15 @@ def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_image
     assert mini["baseline_cnn"]["accuracy"] == pytest.approx(baseline_accuracy)
     assert mini["baseline_cnn"]["n"] == 6 and set(mini["baseline_cnn"]["per_category"]) == {"animal", "doc"}
     assert "mini.baseline_cnn.accuracy" in mlflow_metrics
+    confusion = mini["confusion"]
+    assert sum(map(sum, confusion["counts"])) == 6 and confusion["predicted"] == ["real", "fake", "unparsed"]
+
+    page, confusion_plot, reliability = report_evaluation(predictions, metrics,
+                                                          {"calibration_bins": 10, "report_samples": 4})
+    assert page.count("data:image/png;base64,") == 4 + 2   # 4 worst answers, 2 figures
+    assert "CNN baseline" in page and "reliability_diagram" in page and "per_category_accuracy" in page
+    assert confusion_plot[["actual", "predicted"]].shape == (6, 2)
+    assert reliability["count"].sum() == predictions["fake_probability"].notna().sum()
     json.dumps(metrics)
 
 

@@ -5,11 +5,27 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import base64
+import io
+
+import numpy as np
 import pandas as pd
+from sklearn.metrics import confusion_matrix
 
 from fakevlm.baseline import LABELS, CNNDetector
-from fakevlm.metrics import flatten_metrics, parse_verdict, probability_scores, score, score_verdicts
+from fakevlm.metrics import (
+    CLASSES,
+    UNPARSED,
+    flatten_metrics,
+    parse_verdict,
+    probability_scores,
+    rouge_l_scores,
+    score,
+    score_verdicts,
+)
+from fakevlm.reports import figure_data_uri, render_evaluation_html
 from fakevlm.model import FakeVLM
+from fakevlm.formats import open_image
 from fakevlm.training import load_examples, split_rows
 
 log = logging.getLogger(__name__)
@@ -64,6 +80,11 @@ def compute_metrics(predictions: pd.DataFrame) -> dict[str, Any]:
                 probability_scores(part["fake_probability"].tolist(), part["label"].tolist()))
         # per generator / artifact family where the source says which; real images as "real"
         families = rows["artifact_family"].where(rows["label"] == "fake", "real").fillna("unknown")
+        predicted = rows["predicted_label"].fillna(UNPARSED)
+        metrics[benchmark]["confusion"] = {
+            "truth": list(CLASSES), "predicted": [*CLASSES, UNPARSED],
+            "counts": confusion_matrix(rows["label"], predicted, labels=[*CLASSES, UNPARSED])[:2].tolist(),
+        }
         metrics[benchmark]["per_family"] = score_verdicts(
             rows["predicted_label"].fillna("unparsed").tolist(), rows["label"].tolist(), families.tolist()
         )["per_category"]
@@ -107,3 +128,88 @@ def evaluate(
         metrics[benchmark]["baseline_cnn"] = baseline
     mlflow_metrics = {k: {"value": v, "step": 0} for k, v in flatten_metrics(metrics).items()}
     return predictions, metrics, mlflow_metrics
+
+
+def reliability_table(predictions: pd.DataFrame, n_bins: int) -> pd.DataFrame:
+    """Per benchmark and confidence bin: mean confidence of the predicted class, accuracy, count."""
+    rows = predictions.dropna(subset=["fake_probability"])
+    p_fake = rows["fake_probability"].to_numpy()
+    confidence = np.maximum(p_fake, 1 - p_fake)
+    table = pd.DataFrame({
+        "benchmark": rows["benchmark"].to_numpy(),
+        "bin": np.clip(((confidence - 0.5) * 2 * n_bins).astype(int), 0, n_bins - 1),
+        "confidence": confidence,
+        "accuracy": ((p_fake >= 0.5) == (rows["label"] == "fake").to_numpy()).astype(float),
+    })
+    grouped = table.groupby(["benchmark", "bin"], sort=True)
+    return grouped.agg(confidence=("confidence", "mean"), accuracy=("accuracy", "mean"),
+                       count=("accuracy", "size")).reset_index()
+
+
+def _figures(metrics: dict[str, Any], reliability: pd.DataFrame) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    diagram, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.plot([0.5, 1], [0.5, 1], "k:", label="calibrated")
+    for benchmark, part in reliability.groupby("benchmark", sort=True):
+        axis.plot(part["confidence"], part["accuracy"], "o-", label=benchmark)
+    axis.set(xlabel="confidence of the verdict", ylabel="accuracy", title="Reliability diagram")
+    axis.legend()
+    bars, axis = plt.subplots(figsize=(7, 3.5))
+    benchmarks = sorted(metrics)
+    categories = sorted({c for m in metrics.values() for c in m["per_category"]})
+    width = 0.8 / (2 * len(benchmarks))
+    for i, benchmark in enumerate(benchmarks):
+        for j, (label, source) in enumerate((("FakeVLM", metrics[benchmark]),
+                                             ("CNN", metrics[benchmark].get("baseline_cnn", {})))):
+            values = [source.get("per_category", {}).get(c, {}).get("accuracy", np.nan) for c in categories]
+            axis.bar(np.arange(len(categories)) + (2 * i + j) * width, values, width, label=f"{label} {benchmark}")
+    axis.set_xticks(np.arange(len(categories)) + 0.4 - width / 2, categories)
+    axis.set(ylabel="accuracy", ylim=(0, 1), title="Accuracy per category")
+    axis.legend(fontsize="small")
+    return {"reliability_diagram": diagram, "per_category_accuracy": bars}
+
+
+def _thumbnail(image_path: str) -> str:
+    with open_image(image_path) as image:
+        thumb = image.convert("RGB")
+        thumb.thumbnail((96, 96))
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def worst_answers(predictions: pd.DataFrame, count: int) -> list[dict[str, Any]]:
+    """Wrong verdicts first, the most confident first; then the lowest ROUGE-L."""
+    ranked = predictions.assign(
+        wrong=predictions["predicted_label"] != predictions["label"],
+        confidence=(predictions["fake_probability"] - 0.5).abs().fillna(0.5),
+        rouge=rouge_l_scores(predictions["prediction"].tolist(), predictions["reference"].tolist()),
+    ).sort_values(["wrong", "confidence", "rouge", "id"], ascending=[False, False, True, True]).head(count)
+    return [{**row, "image": _thumbnail(row["image_path"])} for row in ranked.to_dict(orient="records")]
+
+
+def report_evaluation(
+    predictions: pd.DataFrame, metrics: dict[str, Any], params: dict[str, Any]
+) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    """The HTML report, and the confusion and reliability tables for `dvc plots`; the page and
+    its figures also go to the active MLflow run."""
+    import matplotlib.pyplot as plt
+    import mlflow  # here, not at module level: Kedro imports every pipeline on each run
+
+    reliability = reliability_table(predictions, params["calibration_bins"])
+    figures = _figures(metrics, reliability)
+    page = render_evaluation_html(metrics, {name: figure_data_uri(f) for name, f in figures.items()},
+                                  worst_answers(predictions, params["report_samples"]))
+    if mlflow.active_run() is not None:
+        mlflow.log_text(page, "evaluation/report.html")
+        for name, figure in figures.items():
+            mlflow.log_figure(figure, f"evaluation/{name}.png")
+    for figure in figures.values():
+        plt.close(figure)
+    confusion = pd.DataFrame({"benchmark": predictions["benchmark"], "actual": predictions["label"],
+                              "predicted": predictions["predicted_label"].fillna(UNPARSED)})
+    return page, confusion, reliability

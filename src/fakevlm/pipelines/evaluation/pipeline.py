@@ -1,6 +1,6 @@
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import evaluate, evaluate_baseline
+from .nodes import evaluate, evaluate_baseline, report_evaluation
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -18,6 +18,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                  "params:training.question"],
                 ["predictions", "metrics", "evaluation_mlflow_metrics"],
                 name="evaluate",
-            )
+            ),
+            Node(
+                report_evaluation,
+                ["predictions", "metrics", "params:evaluation"],
+                ["evaluation_report_html", "confusion_plot", "reliability_plot"],
+                name="report_evaluation",
+            ),
         ]
     )
