@@ -69,3 +69,18 @@ def test_batched_generation_equals_one_at_a_time(tiny, labelled_images):
     batched = tiny.generate(images, QUESTION, max_new_tokens=8, batch_size=4)
     single = [tiny.generate([image], QUESTION, max_new_tokens=8, batch_size=1)[0] for image in images]
     assert batched == single
+
+
+def test_dct_patch_init_is_an_orthonormal_whitened_front_end(training_params, labelled_images):
+    from fakevlm.model import dct_filters, dct_patch_init
+
+    filters = dct_filters(8, 3 * 64).reshape(3 * 64, -1).double()
+    assert torch.allclose(filters @ filters.T, torch.eye(3 * 64, dtype=torch.float64), atol=1e-5)
+    processor = build_processor(train_tokenizer(["This is a real image."], 300), training_params["model"])
+    model = build_tiny_model(processor, training_params["model"])
+    pixels = processor.image_processor(images=[im for _, im, _, _ in labelled_images], return_tensors="pt")["pixel_values"]
+    dct_patch_init(model, pixels)
+    conv = model.model.vision_tower.embeddings.patch_embedding
+    response = torch.nn.functional.conv2d(pixels, conv.weight, stride=conv.stride)
+    per_channel = response.transpose(0, 1).reshape(conv.weight.shape[0], -1).std(dim=1)
+    assert torch.allclose(per_channel, torch.ones_like(per_channel), atol=1e-3)  # every band at unit scale

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from scipy import ndimage
 
 from fakevlm.formats.fakeclue import CATEGORIES, LABEL_CODES, PNG_SAVE_ARGS, PROMPT
+from fakevlm.image_checks import hamming_distances, perceptual_hash
 
 WHOLE_IMAGE = "the whole image"
 FACE = "the face"
@@ -77,16 +78,33 @@ def build(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     board = params["checkerboard"]
     perturbation = checkerboard_perturbation(board["kernel"], board["kernel_seed"], board["texture"])
     splits: dict[str, dict[str, Any]] = {}
-    for split, count in sorted(params["per_category"].items()):
+    # Training splits are drawn last and kept apart from the evaluation splits: a training crop
+    # whose perceptual hash lies within `distinct.distance` bits of an evaluation image is drawn
+    # again (validation's near-duplicate gate uses the same hash), so large training sets can be
+    # made from few source photographs without leaking test images.
+    distinct = params.get("distinct") or {}
+    train_splits = set(distinct.get("train_splits", []))
+    order = sorted(params["per_category"].items(), key=lambda item: (item[0] in train_splits, item[0]))
+    eval_hashes: list[str] = []
+    for split, count in order:
         records, images = [], {}
         for category in sorted(params["categories"]):
             for index in range(int(count)):
-                record, image = make_example(params, photos, perturbation, split, category, index)
+                attempt = 0
+                while True:
+                    record, image = make_example(params, photos, perturbation, split, category, index, attempt)
+                    if split not in train_splits or not eval_hashes or attempt >= distinct["max_attempts"]:
+                        break
+                    if hamming_distances([perceptual_hash(image)], eval_hashes).min() > distinct["distance"]:
+                        break
+                    attempt += 1
                 records.append(record)
                 images[record["image"]] = image
+        if train_splits and split not in train_splits:
+            eval_hashes += [perceptual_hash(image) for image in images.values()]
         records.sort(key=lambda record: record["image"])
         splits[split] = {"records": records, "images": images}
-    return splits
+    return dict(sorted(splits.items()))
 
 
 def make_example(
@@ -96,9 +114,14 @@ def make_example(
     split: str,
     category: str,
     index: int,
+    attempt: int = 0,
 ) -> tuple[dict[str, Any], Image.Image]:
-    """One record and its image. Even indices are real, odd ones fake: exactly half and half."""
-    rng = example_rng(params["seed"], split, category, index)
+    """One record and its image. Even indices are real, odd ones fake: exactly half and half.
+
+    `attempt` > 0 redraws the image (another crop, same label) when the first was too close to an
+    evaluation image (see `build`).
+    """
+    rng = example_rng(params["seed"], split, category, index, attempt)
     label = "real" if index % 2 == 0 else "fake"
     pixels, origin = _draw_crop(params, photos, category, rng)
     artifact = None
@@ -125,9 +148,10 @@ def make_example(
     return record, image
 
 
-def example_rng(seed: int, split: str, category: str, index: int) -> np.random.Generator:
+def example_rng(seed: int, split: str, category: str, index: int, attempt: int = 0) -> np.random.Generator:
     """A generator per image, so an image does not change when others are added or removed."""
-    return np.random.default_rng([int(seed), _code(split), _code(category), int(index)])
+    key = [int(seed), _code(split), _code(category), int(index)] + ([int(attempt)] if attempt else [])
+    return np.random.default_rng(key)
 
 
 def _code(text: str) -> int:

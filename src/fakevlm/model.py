@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -126,6 +127,47 @@ def build_tiny_model(processor: LlavaProcessor, params: dict[str, Any]) -> Llava
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def dct_filters(patch: int, count: int) -> torch.Tensor:
+    """`count` (3, patch, patch) filters: the 2-D DCT-II bases of a patch on luminance (all of them,
+    low frequencies first), then on two opponent-colour axes (R-G, R+G-2B), low frequencies first."""
+    k = torch.arange(patch, dtype=torch.float64)
+    basis = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * patch)) * math.sqrt(2 / patch)
+    basis[0] /= math.sqrt(2)  # orthonormal DCT-II: rows are frequencies
+    order = sorted(((i, j) for i in range(patch) for j in range(patch)), key=lambda f: (f[0] + f[1], f))
+    bases = [torch.outer(basis[i], basis[j]) for i, j in order]
+    luma = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64) / math.sqrt(3)
+    red_green = torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64) / math.sqrt(2)
+    yellow_blue = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64) / math.sqrt(6)
+    filters = [luma[:, None, None] * b for b in bases]
+    for b in bases:
+        filters += [red_green[:, None, None] * b, yellow_blue[:, None, None] * b]
+    return torch.stack(filters[:count]).float()
+
+
+@torch.no_grad()
+def dct_patch_init(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> None:
+    """Start the vision tower's patch embedding as a whitened block DCT (a forensic front end).
+
+    Generation artifacts live in the highest frequencies, some 40 dB below the picture's content;
+    a random patch projection buries them, and a tiny tower trained for minutes does not dig them
+    out (docs/training-notes.md). Each output channel starts as one DCT basis function, divided by
+    the standard deviation of its response on `pixel_values` (training images, processed), so every
+    frequency band enters the transformer at unit scale. Channels beyond the 3 * patch^2 bases keep
+    their random init, rescaled to unit response. Only the init changes: the model stays a CLIP
+    tower and every weight trains as before.
+    """
+    conv = model.model.vision_tower.embeddings.patch_embedding
+    out_channels, patch = conv.weight.shape[0], conv.weight.shape[-1]
+    filters = dct_filters(patch, out_channels)
+    used = filters.shape[0]
+    response = F.conv2d(pixel_values.float(), filters, stride=patch)
+    scale = response.transpose(0, 1).reshape(used, -1).std(dim=1).clamp_min(1e-6)
+    conv.weight[:used] = filters / scale[:, None, None, None]
+    if used < out_channels:
+        rest = conv.weight[used:]
+        rest /= F.conv2d(pixel_values.float(), rest, stride=patch).std().clamp_min(1e-6)
 
 
 def load_pretrained(path: str, dtype: str = "float32") -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:

@@ -136,8 +136,8 @@ def collate_verdicts(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torc
 
 
 class VisionVerdictClassifier(nn.Module):
-    """Copies of LLaVA's vision tower and projector with a linear real/fake head on the pooled
-    image tokens.
+    """Copies of LLaVA's vision tower and projector with a linear real/fake head on the mean- and
+    max-pooled image tokens.
 
     The features are taken exactly as LLaVA takes them (same layer, CLS dropped), so what the
     tower and projector learn here is what the language model receives in stage 2. They are
@@ -150,12 +150,13 @@ class VisionVerdictClassifier(nn.Module):
         self.vision_tower = copy.deepcopy(llava.model.vision_tower)
         self.projector = copy.deepcopy(llava.model.multi_modal_projector)
         self.feature_layer = llava.config.vision_feature_layer
-        self.head = nn.Linear(llava.config.text_config.hidden_size, len(LABEL_IDS))
+        # mean and max over the image tokens: a splice or an edited quadrant marks a few tokens only
+        self.head = nn.Linear(2 * llava.config.text_config.hidden_size, len(LABEL_IDS))
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         hidden = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
         tokens = self.projector(hidden[self.feature_layer][:, 1:])
-        logits = self.head(tokens.mean(dim=1))
+        logits = self.head(torch.cat([tokens.mean(dim=1), tokens.amax(dim=1)], dim=-1))
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = F.cross_entropy(logits, labels)

@@ -17,6 +17,7 @@ from fakevlm.model import (
     build_processor,
     build_prompt,
     build_tiny_model,
+    dct_patch_init,
     load_pretrained,
     train_tokenizer,
 )
@@ -36,7 +37,13 @@ def build_model(examples: list[Example], params: dict[str, Any]) -> FakeVLM:
     probe = build_processor(train_tokenizer(["x"], 300), model_params)
     corpus = [example.answer for example in examples] + [build_prompt(probe, params["question"])]
     processor = build_processor(train_tokenizer(corpus, model_params["tokenizer_vocab_size"]), model_params)
-    return FakeVLM(build_tiny_model(processor, model_params), processor)
+    model = build_tiny_model(processor, model_params)
+    if model_params["vision"].get("patch_init", "random") == "dct":
+        # at most 512 training images, evenly spread over the (category-sorted) rows
+        sample = examples[:: max(1, len(examples) // 512)][:512]
+        pixels = processor.image_processor(images=[e.image for e in sample], return_tensors="pt")["pixel_values"]
+        dct_patch_init(model, pixels)
+    return FakeVLM(model, processor)
 
 
 def history_as_mlflow_metrics(history: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
