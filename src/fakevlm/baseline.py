@@ -74,9 +74,10 @@ class CNNDetector(nn.Module):
     def fake_probability(self, images: Sequence[Image.Image], batch_size: int = 64) -> list[float]:
         self.eval()
         probabilities: list[float] = []
-        for start in range(0, len(images), batch_size):
-            logits = self(self.to_pixels(images[start : start + batch_size]))
-            probabilities += logits.softmax(dim=-1)[:, LABELS.index("fake")].tolist()
+        with torch.backends.mkldnn.flags(enabled=False):   # the kernels it was trained with (train_cnn)
+            for start in range(0, len(images), batch_size):
+                logits = self(self.to_pixels(images[start : start + batch_size]))
+                probabilities += logits.softmax(dim=-1)[:, LABELS.index("fake")].tolist()
         return probabilities
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -107,12 +108,10 @@ def train_cnn(
     history: list[dict[str, float]] = []
     model.train()
     start = time.perf_counter()
-    # With two OpenMP threads, oneDNN's 1x1-convolution weight gradient spun forever at the second
-    # step inside `kedro run` (a barrier waiting for a thread that never came). One thread cannot
-    # wait for another, and costs ~20% here; PyTorch's non-oneDNN kernels are 2x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    # Inside `kedro run`, oneDNN's convolution backward spun forever at the second step (a barrier
+    # waiting for an OpenMP thread that never came), and with one thread once died with a double
+    # free. PyTorch's own kernels are about 2x slower here but have done neither.
+    with torch.backends.mkldnn.flags(enabled=False):
         for step in range(1, steps + 1):
             index = torch.randint(0, len(pixels), (batch_size,), generator=generator)
             batch = pixels[index]
@@ -128,7 +127,5 @@ def train_cnn(
                 history.append({"step": step, "loss": loss.item(), "learning_rate": schedule.get_last_lr()[0],
                                 "seconds": time.perf_counter() - start})
                 log.info("baseline step %d/%d  loss %.4f", step, steps, loss.item())
-    finally:
-        torch.set_num_threads(threads)
     model.eval()
     return history
