@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import yaml
 from mlflow import MlflowClient
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from fakevlm.launch import environment_without_launcher
 from fakevlm.pipeline_registry import STAGES
 
 from .bad_inputs import write_bad_sources
@@ -61,8 +61,7 @@ def project(tmp_path_factory):
 def kedro_run(project, *args, expect_success: bool = True):
     # Training tests in this process leave RANK/MASTER_PORT set (their process group still holds
     # the port); inherited, they would make the run join that port instead of picking a free one.
-    launcher_vars = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
+    env = environment_without_launcher()
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}", KEDRO_DISABLE_TELEMETRY="true")
     result = subprocess.run(
         [sys.executable, "-m", "kedro", "run", *args], cwd=project, env=env, capture_output=True, text=True, timeout=900

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fakevlm.launch import write_job
+from fakevlm.launch import environment_without_launcher, write_job
 from fakevlm.model import FakeVLM, build_processor, build_tiny_model, train_tokenizer
 from fakevlm.pipelines.training.nodes import train_fakevlm
 
@@ -36,11 +36,6 @@ def tiny_fakevlm(training_params, manifest: pd.DataFrame) -> FakeVLM:
     return FakeVLM(build_tiny_model(processor, training_params["model"]), processor)
 
 
-def worker_env() -> dict[str, str]:
-    launcher_vars = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    return {k: v for k, v in os.environ.items() if k not in launcher_vars}
-
-
 def test_kill_9_during_training_then_the_same_command_resumes(tmp_path, training_params, labelled_images):
     stages = training_params["stages"]
     stages["instruction"].update(max_steps=40, save_steps=10, save_total_limit=2)
@@ -51,7 +46,7 @@ def test_kill_9_during_training_then_the_same_command_resumes(tmp_path, training
     command = [sys.executable, "-m", "fakevlm.launch", str(job_dir)]
     checkpoints = Path(stages["instruction"]["output_dir"])
 
-    first = subprocess.Popen(command, env=worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    first = subprocess.Popen(command, env=environment_without_launcher(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     deadline = time.monotonic() + 300
     while not (checkpoints / "checkpoint-10" / "trainer_state.json").is_file():
@@ -63,7 +58,7 @@ def test_kill_9_during_training_then_the_same_command_resumes(tmp_path, training
     killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
     assert 10 <= killed_at < 40
 
-    second = subprocess.run(command, env=worker_env(), capture_output=True, text=True, timeout=600)
+    second = subprocess.run(command, env=environment_without_launcher(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.stdout + second.stderr
     assert "resuming from" in log and "instruction/checkpoint-" in log

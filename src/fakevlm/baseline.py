@@ -23,9 +23,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
-log = logging.getLogger(__name__)
+from fakevlm.metrics import CLASSES as LABELS   # class index -> label: ("real", "fake")
 
-LABELS = ("real", "fake")   # class index -> label
+log = logging.getLogger(__name__)
 
 
 class ResidualBlock(nn.Module):

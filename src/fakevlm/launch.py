@@ -23,6 +23,13 @@ from fakevlm.model import FakeVLM
 from fakevlm.training import free_port, load_examples, train
 
 EXAMPLE_COLUMNS = ["id", "image_path", "answer", "label"]
+# What torchrun / deepspeed set for their workers; a process started inside a launcher must drop
+# them, or its own process group joins the enclosing one's port.
+LAUNCHER_VARIABLES = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"})
+
+
+def environment_without_launcher() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
 
 
 def write_job(job_dir: Path, fakevlm: FakeVLM, rows: pd.DataFrame, params: dict[str, Any]) -> None:
@@ -49,11 +56,8 @@ def launcher_command(launcher: dict[str, Any], job_dir: Path) -> list[str]:
 def launch(launcher: dict[str, Any], job_dir: Path) -> tuple[FakeVLM, dict[str, Any], list[dict[str, Any]]]:
     """Run the job's workers to the end; returns the trained model, rank 0's history and what
     each rank reports (rank, world size, last step of each stage)."""
-    # The workers are new process groups: variables of an enclosing launcher must not leak in.
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}}
     command = launcher_command(launcher, job_dir)
-    result = subprocess.run(command, env=env)
+    result = subprocess.run(command, env=environment_without_launcher())
     if result.returncode != 0:
         raise RuntimeError(f"training workers failed (exit {result.returncode}): {' '.join(command)}")
     history = json.loads((job_dir / "history.json").read_text())

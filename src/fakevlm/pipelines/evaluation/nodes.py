@@ -5,9 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import base64
-import io
-
 import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix
@@ -23,9 +20,10 @@ from fakevlm.metrics import (
     score,
     score_verdicts,
 )
-from fakevlm.reports import figure_data_uri, render_evaluation_html
-from fakevlm.model import FakeVLM
 from fakevlm.formats import open_image
+from fakevlm.model import FakeVLM
+from fakevlm.reports import figure_data_uri, render_evaluation_html
+from fakevlm.serving import encode_image
 from fakevlm.training import load_examples, split_rows
 
 log = logging.getLogger(__name__)
@@ -177,9 +175,7 @@ def _thumbnail(image_path: str) -> str:
     with open_image(image_path) as image:
         thumb = image.convert("RGB")
         thumb.thumbnail((96, 96))
-    buffer = io.BytesIO()
-    thumb.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + encode_image(thumb)
 
 
 def worst_answers(predictions: pd.DataFrame, count: int) -> list[dict[str, Any]]:
