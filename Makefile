@@ -16,8 +16,13 @@ export TRANSFORMERS_OFFLINE := 1
 OMP_WAIT_POLICY ?= PASSIVE
 export OMP_WAIT_POLICY
 
-.PHONY: setup run test
+.PHONY: setup run test browser
 setup: $(VENV)/.installed
+
+# The web page's test drives Debian's Chromium; installed when missing and apt-get is ours to use.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +35,5 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: setup  # the run ends by logging where the metrics and the MLflow store are
 	$(BIN)/kedro run
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
