@@ -3,7 +3,7 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from fakevlm.model import FakeVLM, build_processor, build_prompt, build_tiny_model, train_tokenizer
-from fakevlm.training import IGNORE_INDEX, Example, encode_example
+from fakevlm.training import IGNORE_INDEX, Example, TrainingSamples, encode_example
 
 from .conftest import QUESTION
 
@@ -84,3 +84,21 @@ def test_dct_patch_init_is_an_orthonormal_whitened_front_end(training_params, la
     response = torch.nn.functional.conv2d(pixels, conv.weight, stride=conv.stride)
     per_channel = response.transpose(0, 1).reshape(conv.weight.shape[0], -1).std(dim=1)
     assert torch.allclose(per_channel, torch.ones_like(per_channel), atol=1e-3)  # every band at unit scale
+
+
+def test_samples_decoded_at_each_draw_equal_the_cached_ones(tiny, labelled_images, tmp_path):
+    examples = []
+    for i, image, label, answer in labelled_images[:4]:
+        image.save(tmp_path / f"{i}.png")
+        examples.append(Example(i, str(tmp_path / f"{i}.png"), answer, label))
+    lazy = TrainingSamples(tiny.processor, examples, QUESTION, 512, cache_pixels=False)
+    cached = TrainingSamples(tiny.processor, examples, QUESTION, 512, cache_pixels=True)
+    assert lazy.pixels is None and len(cached.pixels) == 4
+    for index in range(4):
+        assert lazy[index].keys() == cached[index].keys()
+        for key in lazy[index]:
+            assert torch.equal(lazy[index][key], cached[index][key]), key
+    # the token checks run for every sample when the set is built, not when a sample is drawn
+    broken = [*examples[:3], Example("img-empty", examples[3].image, " ", "fake")]
+    with pytest.raises(ValueError, match="img-empty"):
+        TrainingSamples(tiny.processor, broken, QUESTION, 512, cache_pixels=False)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.utils.data import Dataset
 from transformers import LlavaForConditionalGeneration, LlavaProcessor, Trainer, TrainerCallback, TrainingArguments
 
 from fakevlm.formats import open_image
@@ -46,9 +47,16 @@ class Example:
     """One training sample as the manifest gives it."""
 
     id: str
-    image: Image.Image
+    image: Image.Image | str   # decoded, or the file to decode when the sample is drawn
     answer: str
     label: str
+
+    def rgb_image(self) -> Image.Image:
+        if isinstance(self.image, Image.Image):
+            return self.image.convert("RGB")
+        # validation has already checked that every file decodes
+        with open_image(self.image) as image:
+            return image.convert("RGB")
 
 
 def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -60,47 +68,78 @@ def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def load_examples(rows: pd.DataFrame) -> list[Example]:
-    """Manifest rows (id, image_path, answer, label) with their decoded images, in row order."""
-    examples = []
-    for row in rows.itertuples(index=False):
-        # validation has already checked that every file decodes
-        with open_image(row.image_path) as image:
-            examples.append(Example(row.id, image.convert("RGB"), row.answer, row.label))
-    return examples
+    """Manifest rows (id, image_path, answer, label) as examples, in row order; images stay on disk."""
+    return [Example(row.id, row.image_path, row.answer, row.label) for row in rows.itertuples(index=False)]
 
 
-def encode_example(
-    processor: LlavaProcessor, example: Example, question: str, max_length: int
+def expanded_prompt_ids(processor: LlavaProcessor, prompt: str) -> torch.Tensor:
+    """The prompt's token ids with the image placeholder expanded to the image tokens.
+
+    The same for every sample: the image processor resizes and crops every image to one size.
+    """
+    blank = Image.new("RGB", (8, 8))
+    return processor(images=blank, text=prompt, return_tensors="pt")["input_ids"][0]
+
+
+def encode_answer(
+    processor: LlavaProcessor, example: Example, prompt: str, prompt_ids: torch.Tensor, max_length: int
 ) -> dict[str, torch.Tensor]:
-    """Token ids, answer-only labels and pixels for one sample.
+    """Token ids and answer-only labels for one sample.
 
     Fails loudly (with the sample id) where LLaVA's own code silently zeroes the labels: an answer
     with no token, or a prompt/answer split that tokenizes differently from the whole text.
     """
     if not example.answer.strip():
         raise ValueError(f"sample {example.id!r}: the answer is empty, there is nothing to learn")
-    prompt = build_prompt(processor, question)
     suffix = answer_suffix(example.answer, processor)
-    image = example.image.convert("RGB")
-    prompt_enc = processor(images=image, text=prompt, return_tensors="pt")
-    prompt_ids = prompt_enc["input_ids"][0]
-    answer_ids = torch.tensor(processor.tokenizer(suffix, add_special_tokens=False)["input_ids"])
-    input_ids = torch.cat([prompt_ids, answer_ids])
-    whole = processor(images=image, text=prompt + suffix, return_tensors="pt")["input_ids"][0]
-    if not torch.equal(whole, input_ids):
+    answer_ids = processor.tokenizer(suffix, add_special_tokens=False)["input_ids"]
+    # compared before the image placeholder is expanded: expansion cannot change the boundary
+    if processor.tokenizer(prompt + suffix)["input_ids"] != processor.tokenizer(prompt)["input_ids"] + answer_ids:
         raise ValueError(
             f"sample {example.id!r}: tokenization mismatch between prompt+answer and the whole text"
         )
+    input_ids = torch.cat([prompt_ids, torch.tensor(answer_ids, dtype=prompt_ids.dtype)])
     if input_ids.numel() > max_length:
         # truncating would cut the answer (or the image tokens) without anyone noticing
         raise ValueError(f"sample {example.id!r}: {input_ids.numel()} tokens exceed max_length {max_length}")
-    labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), answer_ids])
-    return {
-        "input_ids": input_ids,
-        "labels": labels,
-        "pixel_values": prompt_enc["pixel_values"][0],
-        "verdict": torch.tensor(LABEL_IDS[example.label]),
-    }
+    labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), input_ids[prompt_ids.numel():]])
+    return {"input_ids": input_ids, "labels": labels}
+
+
+class TrainingSamples(Dataset):
+    """Encoded samples for the Trainer: token ids checked for every sample before the first step.
+
+    Pixels are decoded up front with `cache_pixels` (small sets: decoding at each draw costs a
+    third of a CPU step at 64 px) or each time a sample is drawn, in the DataLoader's workers
+    (FakeClue: 104k images at 336 px would need 140 GB as tensors).
+    """
+
+    def __init__(self, processor: LlavaProcessor, examples: Sequence[Example], question: str, max_length: int,
+                 cache_pixels: bool = True):
+        self.processor = processor
+        self.examples = list(examples)
+        prompt = build_prompt(processor, question)
+        prompt_ids = expanded_prompt_ids(processor, prompt)
+        self.tokens = [encode_answer(processor, e, prompt, prompt_ids, max_length) for e in self.examples]
+        self.pixels = [self.pixel_values(e) for e in self.examples] if cache_pixels else None
+
+    def pixel_values(self, example: Example) -> torch.Tensor:
+        return self.processor.image_processor(images=example.rgb_image(), return_tensors="pt")["pixel_values"][0]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        example = self.examples[index]
+        pixels = self.pixels[index] if self.pixels is not None else self.pixel_values(example)
+        return {**self.tokens[index], "pixel_values": pixels, "verdict": torch.tensor(LABEL_IDS[example.label])}
+
+
+def encode_example(
+    processor: LlavaProcessor, example: Example, question: str, max_length: int
+) -> dict[str, torch.Tensor]:
+    """One sample as the Trainer receives it: token ids, answer-only labels, pixels, verdict."""
+    return TrainingSamples(processor, [example], question, max_length)[0]
 
 
 def collate_answers(pad_token_id: int):
@@ -231,7 +270,7 @@ def resumable_checkpoint(args: dict[str, Any]) -> str | None:
     return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
 
 
-def run_trainer(model: nn.Module, dataset: list, collator, args: dict[str, Any]) -> list[dict[str, float]]:
+def run_trainer(model: nn.Module, dataset: Dataset, collator, args: dict[str, Any]) -> list[dict[str, float]]:
     """Train `model` in place with HF Trainer, resuming from the stage's last checkpoint if any;
     returns the logged history."""
     ensure_distributed_env()
@@ -282,14 +321,15 @@ def train(
     question: str,
     stages: dict[str, dict[str, Any]],
     max_length: int,
+    cache_pixels: bool = True,
 ) -> dict[str, list[dict[str, float]]]:
     """Run the configured stages (`vision_warmup`, `instruction`) on `examples`, in place.
 
     Each stage's dict is HF `TrainingArguments`; a stage with `max_steps: 0` is skipped, and so
     is the warm-up when the instruction stage resumes (its checkpoint holds the warmed-up tower).
     """
-    encoded = [encode_example(processor, example, question, max_length) for example in examples]
-    log.info("encoded %d samples, longest %d tokens", len(encoded), max(e["input_ids"].numel() for e in encoded))
+    encoded = TrainingSamples(processor, examples, question, max_length, cache_pixels)
+    log.info("encoded %d samples, longest %d tokens", len(encoded), max(t["input_ids"].numel() for t in encoded.tokens))
     history: dict[str, list[dict[str, float]]] = {}
     warmup = stages.get("vision_warmup")
     if warmup and warmup.get("max_steps", 0) > 0:

@@ -41,7 +41,7 @@ def predict(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, An
         rows = split_rows(manifest, split)
         examples = load_examples(rows)
         answers, fake_probabilities = fakevlm_model.answer(
-            [e.image for e in examples], question, params["max_new_tokens"], params["batch_size"]
+            [e.rgb_image() for e in examples], question, params["max_new_tokens"], params["batch_size"]
         )
         frames.append(
             pd.DataFrame(
@@ -105,7 +105,7 @@ def evaluate_baseline(
     metrics = {}
     for split, benchmark in benchmark_splits(params):
         rows = split_rows(validated_manifest, split)
-        probabilities = baseline_model.fake_probability([e.image for e in load_examples(rows)])
+        probabilities = baseline_model.fake_probability([e.rgb_image() for e in load_examples(rows)])
         predicted = [LABELS[int(p >= 0.5)] for p in probabilities]
         metrics[benchmark] = score_verdicts(predicted, rows["label"].tolist(), rows["category"].tolist())
         log.info("%s: baseline CNN accuracy %.3f", benchmark, metrics[benchmark]["accuracy"])

@@ -41,7 +41,7 @@ def build_model(examples: list[Example], params: dict[str, Any]) -> FakeVLM:
     if model_params["vision"].get("patch_init", "random") == "dct":
         # at most 512 training images, evenly spread over the (category-sorted) rows
         sample = examples[:: max(1, len(examples) // 512)][:512]
-        pixels = processor.image_processor(images=[e.image for e in sample], return_tensors="pt")["pixel_values"]
+        pixels = processor.image_processor(images=[e.rgb_image() for e in sample], return_tensors="pt")["pixel_values"]
         dct_patch_init(model, pixels)
     return FakeVLM(model, processor)
 
@@ -81,7 +81,8 @@ def train_fakevlm(
             write_job(Path(job_dir), fakevlm, rows, params)
             fakevlm, history, ranks = launch(launcher, Path(job_dir))
     else:
-        history = train(fakevlm.model, fakevlm.processor, examples, params["question"], stages, params["max_length"])
+        history = train(fakevlm.model, fakevlm.processor, examples, params["question"], stages, params["max_length"],
+                        params["cache_pixels"])
         ranks = [{"rank": 0, "world_size": 1}]
     if not params["keep_checkpoints"]:
         remove_checkpoints(stages)
@@ -98,6 +99,6 @@ def train_baseline(
     model = CNNDetector(params["model"])
     n_params = sum(p.numel() for p in model.parameters())
     log.info("training a %.2f M-parameter CNN baseline on %d samples", n_params / 1e6, len(examples))
-    history = train_cnn(model, [e.image for e in examples], [e.label for e in examples], params["train"])
+    history = train_cnn(model, [e.rgb_image() for e in examples], [e.label for e in examples], params["train"])
     return model, {"n_parameters": n_params, "n_samples": len(examples), "seconds": history[-1]["seconds"],
                    "log": history}
