@@ -6,7 +6,9 @@ import torch
 import transformers.training_args as hf_training_args
 from omegaconf import OmegaConf
 
-from fakevlm.model import build_processor, build_tiny_model, train_tokenizer
+from transformers import LlavaForConditionalGeneration
+
+from fakevlm.model import FakeVLM, build_processor, build_tiny_model, train_tokenizer
 from fakevlm.training import Example, remove_checkpoints, train, training_arguments
 
 from .conftest import PROJECT_ROOT, QUESTION, load_params
@@ -115,3 +117,27 @@ def test_deepspeed_configs(name):
     config = json.loads((PROJECT_ROOT / f"conf/base/deepspeed/{name}.json").read_text())["zero_optimization"]
     assert config["stage"] == int(name[4])
     assert ("offload_optimizer" in config) == name.endswith("offload")
+
+
+def test_lora_trains_adapters_and_saves_a_plain_llava(training_params, labelled_images, tmp_path):
+    lora = dict(load_params("training")["lora"], enabled=True, r=4, alpha=8, dropout=0.0)
+    training_params["stages"]["vision_warmup"]["max_steps"] = 0
+    examples = [Example(i, image, answer, label) for i, image, label, answer in labelled_images]
+    corpus = [e.answer for e in examples] + ["USER: ASSISTANT: " + QUESTION]
+    processor = build_processor(train_tokenizer(corpus, 300), training_params["model"])
+    model = build_tiny_model(processor, training_params["model"])
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    history = train(model, processor, examples, QUESTION, training_params["stages"], training_params["max_length"],
+                    lora=lora)
+    assert len(losses(history, "instruction")) == 4
+    after = model.state_dict()
+    assert after.keys() == before.keys()          # adapters merged away: the keys of a plain LLaVA
+    changed = {name for name in after if not torch.equal(after[name], before[name])}
+    assert changed, "nothing trained"
+    assert all(".language_model." in name or "multi_modal_projector" in name for name in changed), changed
+    assert any(name.endswith("self_attn.q_proj.weight") for name in changed)          # merged LoRA delta
+    assert not any("vision_tower" in name or "embed_tokens" in name for name in changed)
+    FakeVLM(model, processor).save_pretrained(tmp_path / "lora-model")
+    reloaded = LlavaForConditionalGeneration.from_pretrained(tmp_path / "lora-model")
+    assert torch.equal(reloaded.state_dict()["model.language_model.layers.0.self_attn.q_proj.weight"],
+                       after["model.language_model.layers.0.self_attn.q_proj.weight"])

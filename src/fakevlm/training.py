@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.utils.data import Dataset
 from transformers import LlavaForConditionalGeneration, LlavaProcessor, Trainer, TrainerCallback, TrainingArguments
@@ -314,6 +315,22 @@ def remove_checkpoints(stages: dict[str, dict[str, Any]]) -> None:
         shutil.rmtree(args["output_dir"], ignore_errors=True)
 
 
+def with_lora(model: LlavaForConditionalGeneration, lora: dict[str, Any]) -> PeftModel:
+    """`model` with LoRA adapters on the language model's projections, for the instruction stage.
+
+    The vision tower stays frozen and the projector trains in full, as in LLaVA's own LoRA
+    recipe. peft wraps `model` in place; `merge_and_unload` after training folds the adapters
+    back into its weights, so what is saved is a plain LLaVA.
+    """
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        target_modules=lora["target_modules"], modules_to_save=lora["modules_to_save"],
+                        bias="none")
+    peft_model = get_peft_model(model, config)
+    # gradient checkpointing recomputes from the embeddings, which LoRA leaves frozen
+    peft_model.enable_input_require_grads()
+    return peft_model
+
+
 def train(
     model: LlavaForConditionalGeneration,
     processor: LlavaProcessor,
@@ -322,11 +339,14 @@ def train(
     stages: dict[str, dict[str, Any]],
     max_length: int,
     cache_pixels: bool = True,
+    lora: dict[str, Any] | None = None,
 ) -> dict[str, list[dict[str, float]]]:
     """Run the configured stages (`vision_warmup`, `instruction`) on `examples`, in place.
 
     Each stage's dict is HF `TrainingArguments`; a stage with `max_steps: 0` is skipped, and so
     is the warm-up when the instruction stage resumes (its checkpoint holds the warmed-up tower).
+    With `lora.enabled`, the instruction stage trains LoRA adapters (`with_lora`) instead of every
+    weight.
     """
     encoded = TrainingSamples(processor, examples, question, max_length, cache_pixels)
     log.info("encoded %d samples, longest %d tokens", len(encoded), max(t["input_ids"].numel() for t in encoded.tokens))
@@ -339,7 +359,11 @@ def train(
             classifier = VisionVerdictClassifier(model)
             history["vision_warmup"] = run_trainer(classifier, encoded, collate_verdicts, warmup)
             classifier.copy_into(model)
+    use_lora = bool(lora and lora["enabled"])
+    instruction_model = with_lora(model, lora) if use_lora else model
     history["instruction"] = run_trainer(
-        model, encoded, collate_answers(processor.tokenizer.pad_token_id), stages["instruction"]
+        instruction_model, encoded, collate_answers(processor.tokenizer.pad_token_id), stages["instruction"]
     )
+    if use_lora:
+        instruction_model.merge_and_unload()
     return history

@@ -72,7 +72,7 @@ def train_fakevlm(
     n_params = sum(p.numel() for p in fakevlm.model.parameters())
     log.info("training a %.2f M-parameter LLaVA on %d samples", n_params / 1e6, len(examples))
     stages = params["stages"]
-    claim_output_dirs(stages, run_fingerprint(examples, params["model"], stages))
+    claim_output_dirs(stages, run_fingerprint(examples, {**params["model"], "lora": params["lora"]}, stages))
     launcher = params["launcher"]
     if launcher["command"]:
         job_root = Path(launcher["job_dir"])
@@ -82,7 +82,7 @@ def train_fakevlm(
             fakevlm, history, ranks = launch(launcher, Path(job_dir))
     else:
         history = train(fakevlm.model, fakevlm.processor, examples, params["question"], stages, params["max_length"],
-                        params["cache_pixels"])
+                        params["cache_pixels"], params["lora"])
         ranks = [{"rank": 0, "world_size": 1}]
     if not params["keep_checkpoints"]:
         remove_checkpoints(stages)
