@@ -26,7 +26,11 @@ def load_params(name: str, env: str = "base") -> dict:
 
 @pytest.fixture
 def training_params(tmp_path) -> dict:
-    """The default training config, smaller and with its outputs in tmp_path."""
+    return small_training_params(tmp_path)
+
+
+def small_training_params(workdir: Path) -> dict:
+    """The default training config, smaller and with its outputs in `workdir`."""
     params = load_params("training")
     model = params["model"]
     model["image_size"] = 32
@@ -34,7 +38,7 @@ def training_params(tmp_path) -> dict:
     model["text"].update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
     model["tokenizer_vocab_size"] = 300
     for name, stage in params["stages"].items():
-        stage.update(output_dir=str(tmp_path / "trainer" / name), max_steps=4, logging_steps=1, per_device_train_batch_size=4)
+        stage.update(output_dir=str(workdir / "trainer" / name), max_steps=4, logging_steps=1, per_device_train_batch_size=4)
         stage["deepspeed"] = str(PROJECT_ROOT / stage["deepspeed"])
     return params
 
@@ -49,6 +53,10 @@ def checker_image(rng: np.random.Generator, fake: bool, size: int = 32) -> Image
 
 @pytest.fixture
 def labelled_images():
+    return make_labelled_images()
+
+
+def make_labelled_images() -> list[tuple[str, Image.Image, str, str]]:
     """16 (id, image, label, answer) tuples, half fake."""
     rng = np.random.default_rng(0)
     rows = []
@@ -66,7 +74,11 @@ def labelled_images():
 
 @pytest.fixture
 def saved_tiny_model(tmp_path, training_params, labelled_images):
-    """A tiny FakeVLM trained for a few steps and saved with save_pretrained; returns its folder."""
+    return save_tiny_model(tmp_path / "model", training_params, labelled_images)
+
+
+def save_tiny_model(folder: Path, training_params: dict, labelled_images: list) -> Path:
+    """A tiny FakeVLM trained for a few steps and saved with save_pretrained in `folder`, returned."""
     from fakevlm.model import FakeVLM, build_processor, build_tiny_model, train_tokenizer
     from fakevlm.training import Example, train
 
@@ -75,7 +87,6 @@ def saved_tiny_model(tmp_path, training_params, labelled_images):
     processor = build_processor(train_tokenizer(corpus, 300), training_params["model"])
     model = build_tiny_model(processor, training_params["model"])
     train(model, processor, examples, QUESTION, training_params["stages"], training_params["max_length"])
-    folder = tmp_path / "model"
     FakeVLM(model, processor).save_pretrained(folder)
     return folder
 
