@@ -1,6 +1,7 @@
 """The `fakevlm` command (not `cli.py`: Kedro reads that name for project commands): use a trained detector on your own images, and manage the registry's aliases.
 
     fakevlm detect IMAGE_OR_FOLDER... [--model models:/fakevlm@champion | FOLDER] [--json]
+    fakevlm serve [--model models:/fakevlm@champion | FOLDER] [--host 127.0.0.1] [--port 8000]
     fakevlm registry rollback | promote VERSION
 
 The MLflow store is $MLFLOW_TRACKING_URI, else the project's sqlite:///mlflow.db.
@@ -15,7 +16,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
@@ -27,6 +28,14 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"    # conf/base/mlflow.yml's default
 DEFAULT_QUESTION = "Does the image looks real/fake?"   # FakeClue's prompt; the registry's model carries its own
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 REGISTRY = {"model_name": "fakevlm", "champion_alias": "champion", "previous_alias": "previous"}
+# What reading a user's file may raise; PIL's decompression-bomb warning counts when it is made an error (`serve`)
+UNREADABLE_IMAGE = (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+class Detector(NamedTuple):
+    fakevlm: Any  # fakevlm.model.FakeVLM, imported only when a model is loaded (torch is slow to import)
+    question: str
+    max_new_tokens: int
 
 
 def image_paths(targets: Sequence[str]) -> Iterator[Path]:
@@ -39,48 +48,63 @@ def image_paths(targets: Sequence[str]) -> Iterator[Path]:
             yield target
 
 
-def read_image(path: Path) -> Image.Image:
-    with Image.open(path) as image:
+def read_image(source: Path | BinaryIO) -> Image.Image:
+    with Image.open(source) as image:
         image.load()
         return image.convert("RGB")
 
 
-def load_detector(model: str):
-    """(FakeVLM, question, max_new_tokens) from a registry URI or a save_pretrained folder."""
+def load_detector(model: str) -> Detector:
+    """The FakeVLM and its prompt from a registry URI or a save_pretrained folder."""
     from fakevlm.model import FakeVLM
 
     if Path(model).is_dir():
-        return FakeVLM.from_pretrained(model), DEFAULT_QUESTION, 96
+        return Detector(FakeVLM.from_pretrained(model), DEFAULT_QUESTION, 96)
     import mlflow
 
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
     wrapped = mlflow.pyfunc.load_model(model).unwrap_python_model()
-    return wrapped.fakevlm, wrapped.question, wrapped.max_new_tokens
+    return Detector(wrapped.fakevlm, wrapped.question, wrapped.max_new_tokens)
+
+
+def detect_files(detector: Detector, files: Sequence[tuple[str, Path | BinaryIO]], batch_size: int) -> list[dict]:
+    """One result per (name, file), in order: `path`, `verdict`, `fake_probability`, `explanation`,
+    or `path` and `error` for a file that is not a readable image."""
+    results: dict[int, dict[str, Any]] = {}
+    readable = []
+    for index, (name, file) in enumerate(files):
+        try:
+            readable.append((index, name, read_image(file)))
+        except UNREADABLE_IMAGE as error:
+            results[index] = {"path": name, "error": f"{type(error).__name__}: {error}"}
+    if readable:
+        answers, probabilities = detector.fakevlm.answer([image for *_, image in readable], detector.question,
+                                                         detector.max_new_tokens, batch_size)
+        for (index, name, _), answer, probability in zip(readable, answers, probabilities):
+            results[index] = {"path": name, "verdict": parse_verdict(answer),
+                              "fake_probability": None if math.isnan(probability) else round(probability, 4),
+                              "explanation": answer}
+    return [results[index] for index in range(len(files))]
 
 
 def detect(args: argparse.Namespace) -> int:
-    fakevlm, question, max_new_tokens = load_detector(args.model)
+    detector = load_detector(args.model)
     paths = list(image_paths(args.targets))
     failures = 0
     for start in tqdm(range(0, len(paths), args.batch_size), desc="images", unit="batch", disable=len(paths) <= 1,
                       file=sys.stderr):
-        batch, results = [], {}
-        for path in paths[start : start + args.batch_size]:
-            try:
-                batch.append((path, read_image(path)))
-            except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
-                results[path] = {"path": str(path), "error": f"{type(error).__name__}: {error}"}
-        if batch:
-            answers, probabilities = fakevlm.answer([image for _, image in batch], question, max_new_tokens,
-                                                    args.batch_size)
-            for (path, _), answer, probability in zip(batch, answers, probabilities):
-                results[path] = {"path": str(path), "verdict": parse_verdict(answer),
-                                 "fake_probability": None if math.isnan(probability) else round(probability, 4),
-                                 "explanation": answer}
-        for path in paths[start : start + args.batch_size]:
-            print_result(results[path], args.json)
-            failures += "error" in results[path]
+        batch = paths[start : start + args.batch_size]
+        for result in detect_files(detector, [(str(path), path) for path in batch], args.batch_size):
+            print_result(result, args.json)
+            failures += "error" in result
     return 1 if failures == len(paths) else 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from fakevlm.server import run_server  # FastAPI and uvicorn only for this command
+
+    run_server(load_detector(args.model), args)
+    return 0
 
 
 def print_result(result: dict[str, Any], as_json: bool) -> None:
@@ -120,6 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--json", action="store_true", help="one JSON object per image")
     run.add_argument("--batch-size", type=int, default=16)
     run.set_defaults(handler=detect)
+    web = commands.add_parser("serve", help="an HTTP API, an OpenAI-compatible chat endpoint and a web page")
+    web.add_argument("--model", default=DEFAULT_MODEL, help=f"registry URI or model folder (default {DEFAULT_MODEL})")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1, this machine only; another, e.g. 0.0.0.0, "
+                          "exposes the unauthenticated API to the network)")
+    web.add_argument("--port", type=int, default=8000)
+    web.add_argument("--max-batch", type=int, default=16, help="most images in one /detect request, answered as one batch")
+    web.add_argument("--max-upload-mb", type=float, default=20, help="largest request body, in MB (default 20)")
+    web.set_defaults(handler=serve)
     reg = commands.add_parser("registry", help="move the champion alias by hand")
     reg.add_argument("action", choices=["rollback", "promote"])
     reg.add_argument("version", nargs="?", help="the version to promote")
