@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from fakevlm.launch import environment_without_launcher, write_job
 from fakevlm.model import FakeVLM, build_processor, build_tiny_model, train_tokenizer
-from fakevlm.pipelines.training.nodes import train_fakevlm
+from fakevlm.pipelines.training.nodes import build_model, train_fakevlm
+from fakevlm.training import load_examples
 
-from .conftest import QUESTION
+from .conftest import PROJECT_ROOT, QUESTION
 
 
 def manifest_of(tmp_path: Path, labelled_images) -> pd.DataFrame:
@@ -88,4 +90,28 @@ def test_two_processes_train_through_torchrun(tmp_path, training_params, labelle
     shards = sorted(p.name for p in (instruction / "checkpoint-4").glob("global_step4/*optim_states.pt"))
     assert len(shards) == 2
     assert list((tmp_path / "jobs").iterdir()) == []  # the job folder went away with the run
+    assert model.generate([labelled_images[0][1]], QUESTION, max_new_tokens=4)[0] is not None
+
+
+def test_zero3_shards_are_gathered_into_the_saved_model(tmp_path, training_params, labelled_images):
+    # every weight sharded across the two ranks (the config's threshold keeps small ones whole)
+    zero3 = json.loads((PROJECT_ROOT / "conf/base/deepspeed/zero3.json").read_text())
+    zero3["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3.json").write_text(json.dumps(zero3))
+    for stage in training_params["stages"].values():
+        stage.update(deepspeed=str(tmp_path / "zero3.json"), save_strategy="no")
+    training_params.update(cache_pixels=False,
+                           launcher={"command": "torchrun", "nproc_per_node": 2, "hostfile": None,
+                                     "master_port": None, "job_dir": str(tmp_path / "jobs")})
+    manifest = manifest_of(tmp_path, labelled_images)
+    untrained = build_model(load_examples(manifest), training_params).model.state_dict()
+
+    model, summary, _ = train_fakevlm(manifest, training_params)
+
+    assert [r["steps"] for r in summary["ranks"]] == [{"vision_warmup": 4, "instruction": 4}] * 2
+    trained = model.model.state_dict()
+    assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in untrained.items()}
+    changed = {k for k in trained if not torch.equal(trained[k], untrained[k])}
+    assert any(k.startswith("model.vision_tower.encoder") for k in changed)       # stage 1, gathered
+    assert any(k.startswith("model.language_model.layers") for k in changed)      # stage 2, gathered
     assert model.generate([labelled_images[0][1]], QUESTION, max_new_tokens=4)[0] is not None

@@ -227,16 +227,34 @@ def ensure_distributed_env() -> None:
     )
 
 
-def training_arguments(args: dict[str, Any]) -> TrainingArguments:
-    """HF TrainingArguments from one stage of `training.stages`, DeepSpeed config included."""
-    if args.get("deepspeed"):
-        stage = json.loads(Path(args["deepspeed"]).read_text())["zero_optimization"]["stage"]
-        if stage == 3:
-            # ZeRO-3 leaves each rank a shard of every weight; the model this module hands back
-            # would be empty. Gathering it (Trainer.save_model, then reload) is not built yet.
-            raise NotImplementedError(f"{args['deepspeed']}: ZeRO-3 training does not yet hand back the gathered "
-                                      "model; use zero2.json or zero2_offload.json")
-    return TrainingArguments(**args)
+def zero_stage(args: dict[str, Any]) -> int:
+    """The ZeRO stage of a training stage's DeepSpeed config; 0 without DeepSpeed."""
+    if not args.get("deepspeed"):
+        return 0
+    return json.loads(Path(args["deepspeed"]).read_text())["zero_optimization"]["stage"]
+
+
+def unshard(engine, model: nn.Module) -> None:
+    """Give `model` its full weights back after ZeRO-3 training, on every rank.
+
+    ZeRO-3 leaves each rank a shard of every weight, behind hooks that gather them during a
+    forward pass; saving, copying or training the model again needs plain tensors. The weights
+    are gathered, the engine's hooks removed, and each parameter replaced by a plain one (tied
+    parameters stay tied).
+    """
+    import deepspeed
+
+    sharded = list(model.parameters())
+    with deepspeed.zero.GatheredParameters(sharded, modifier_rank=None):
+        full = {id(p): p.detach().clone() for p in sharded}
+    engine.destroy()
+    plain: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None:
+                if id(param) not in plain:
+                    plain[id(param)] = nn.Parameter(full[id(param)], requires_grad=param.requires_grad)
+                module._parameters[name] = plain[id(param)]
 
 
 class ThroughputCallback(TrainerCallback):
@@ -275,12 +293,14 @@ def run_trainer(model: nn.Module, dataset: Dataset, collator, args: dict[str, An
     """Train `model` in place with HF Trainer, resuming from the stage's last checkpoint if any;
     returns the logged history."""
     ensure_distributed_env()
-    trainer = Trainer(model=model, args=training_arguments(args), train_dataset=dataset, data_collator=collator,
+    trainer = Trainer(model=model, args=TrainingArguments(**args), train_dataset=dataset, data_collator=collator,
                       callbacks=[ThroughputCallback()])
     checkpoint = resumable_checkpoint(args)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    if zero_stage(args) == 3:
+        unshard(trainer.model_wrapped, model)
     if trainer.is_world_process_zero():
         Path(args["output_dir"]).mkdir(parents=True, exist_ok=True)
         (Path(args["output_dir"]) / HISTORY_FILE).write_text(json.dumps(trainer.state.log_history))
