@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +165,21 @@ def test_detect_answers_as_the_model_does_in_process(server, expected):
         assert result["verdict"] in {"real", "fake", None}
         assert (result["verdict"] is None) == (result["fake_probability"] is None)
         assert result["fake_probability"] is None or 0 <= result["fake_probability"] <= 1
+
+
+def test_concurrent_requests_get_the_answers_of_one_at_a_time(server, expected):
+    client = openai_client(server)
+
+    def detected(want: Expected) -> str:
+        return post_detect(server, (want.path.name, want.path.read_bytes())).json()["explanation"]
+
+    def chatted(want: Expected) -> str:
+        return ask(client, data_url(want.path)).choices[0].message.content
+
+    wanted = list(expected.values()) * 2
+    with ThreadPoolExecutor(max_workers=len(wanted) * 2) as pool:
+        answers = [pool.submit(call, want) for call in (detected, chatted) for want in wanted]
+        assert [answer.result() for answer in answers] == [want.answer for want in wanted] * 2
 
 
 def test_detect_reports_bad_files_and_keeps_serving(server, expected):
