@@ -1,0 +1,82 @@
+"""The `transformers` annotator: any local vision-language checkpoint folder (LLaVA-style,
+Qwen2-VL-style) through AutoProcessor + AutoModelForImageTextToText, batched, greedy, offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fakevlm.annotators import Done, Request
+from fakevlm.formats.common import open_image
+
+_SAMPLE_BYTES = 1 << 20
+
+
+def checkpoint_fingerprint(folder: str | Path) -> str:
+    """What identifies a checkpoint's weights without reading gigabytes: its config and, per weight
+    file, the size and the first and last MiB. Retraining into the same folder changes it."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".json":
+            digest.update(path.name.encode() + path.read_bytes())
+        elif path.suffix in {".safetensors", ".bin"}:
+            size = path.stat().st_size
+            with path.open("rb") as handle:
+                head = handle.read(_SAMPLE_BYTES)
+                handle.seek(max(size - _SAMPLE_BYTES, 0))
+                digest.update(path.name.encode() + json.dumps(size).encode() + head + handle.read())
+    return digest.hexdigest()[:16]
+
+
+class TransformersAnnotator:
+    def __init__(self, name: str, spec: dict[str, Any], prompts: dict[str, Any]):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.name = name
+        self.spec = spec
+        self.template = spec["template"]
+        folder = spec["checkpoint"]
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"annotator {name!r}: checkpoint folder {folder} not found")
+        self.model = f"{Path(folder).name}-{checkpoint_fingerprint(folder)}|n={spec['max_new_tokens']}"
+        remote = spec["trust_remote_code"]
+        self.processor = AutoProcessor.from_pretrained(folder, trust_remote_code=remote, local_files_only=True)
+        # batched generation continues each row from its own last token
+        self.processor.tokenizer.padding_side = "left"
+        self.vlm = AutoModelForImageTextToText.from_pretrained(
+            folder, dtype=getattr(torch, spec["dtype"]), trust_remote_code=remote, local_files_only=True
+        ).eval()
+
+    def annotate(self, requests: Sequence[Request], done: Done) -> dict[str, str]:
+        """Greedy answers, batched per prompt (same category and label)."""
+        by_prompt: dict[str, list[Request]] = defaultdict(list)
+        for request in requests:
+            by_prompt[request.prompt].append(request)
+        errors: dict[str, str] = {}
+        size = self.spec["batch_size"]
+        for prompt, group in by_prompt.items():
+            text = self.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+                add_generation_prompt=True,
+            )
+            for start in range(0, len(group), size):
+                batch = group[start : start + size]
+                for request, answer in zip(batch, self.generate(text, batch)):
+                    done(request, answer)
+        return errors
+
+    def generate(self, text: str, batch: Sequence[Request]) -> list[str]:
+        import torch
+
+        images = [open_image(request.image_path).convert("RGB") for request in batch]
+        inputs = self.processor(images=images, text=[text] * len(images), return_tensors="pt", padding=True)
+        with torch.no_grad():
+            output = self.vlm.generate(**inputs, max_new_tokens=self.spec["max_new_tokens"], do_sample=False)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return [answer.strip() for answer in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
