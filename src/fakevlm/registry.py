@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +80,19 @@ def compare(challenger: dict[str, float], champion: dict[str, float], params: di
 
 
 def promote_if_better(
-    client: MlflowClient, name: str, version: str, metrics: dict[str, float], data_hash: str, params: dict[str, Any]
+    client: MlflowClient,
+    name: str,
+    version: str,
+    metrics: dict[str, float],
+    data_hash: str,
+    params: dict[str, Any],
+    rescore: Callable[[str], dict[str, float]],
 ) -> dict[str, Any]:
     """Tag the new version with its metrics, make it the challenger, and promote it when it beats
     the champion on the same evaluation data (champion -> previous, challenger -> champion).
 
+    A champion registered with metrics from other evaluation data (the split or its references
+    changed) is scored again on this data with `rescore(version)` before the comparison.
     Returns the promotion record: both versions' metrics, the data hash, the decision and why.
     """
     for key, value in metrics.items():
@@ -91,13 +100,14 @@ def promote_if_better(
     client.set_model_version_tag(name, version, DATA_TAG, data_hash)
     client.set_registered_model_alias(name, params["challenger_alias"], version)
     champion_version, champion, tags = version_metrics(client, name, params["champion_alias"])
+    rescored = champion_version is not None and tags.get(DATA_TAG) != data_hash
+    if rescored:
+        log.info("champion v%s was evaluated on other data (%s); scoring it on this data (%s)", champion_version,
+                 tags.get(DATA_TAG), data_hash)
+        champion = rescore(champion_version)
     if champion_version is None:
         reasons = []
         why = "no champion yet"
-    elif tags.get(DATA_TAG) != data_hash:
-        reasons = [f"champion v{champion_version} was evaluated on other data ({tags.get(DATA_TAG)} vs {data_hash}); "
-                   "evaluate both on the same split, then promote on demand"]
-        why = ""
     else:
         reasons = compare(metrics, champion, params)
         why = f"beats champion v{champion_version} on {params['primary_metric']} within every guard"
@@ -115,7 +125,7 @@ def promote_if_better(
         "primary_metric": params["primary_metric"],
         "data_hash": data_hash,
         "metrics": metrics,
-        "previous_champion": {"version": champion_version, "metrics": champion},
+        "previous_champion": {"version": champion_version, "metrics": champion, "rescored": rescored},
     }
 
 

@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from fakevlm.metrics import flatten_metrics
 from fakevlm.model import FakeVLM
+from fakevlm.pipelines.evaluation.nodes import compute_metrics, predict
 from fakevlm.pipelines.registry.nodes import register_model
 from fakevlm.registry import rollback
 from fakevlm.serving import encode_image
@@ -31,11 +33,12 @@ def register(saved_tiny_model, mlflow_store, labelled_images, tmp_path):
     image_path = tmp_path / "example.png"
     labelled_images[0][1].save(image_path)
     manifest = pd.DataFrame({"id": ["a"], "image_path": [str(image_path)], "sha256": ["00"], "label": ["fake"],
-                             "split": ["test"]})
+                             "split": ["test"], "category": ["doc"], "artifact_family": ["glyph_garble"],
+                             "answer": ["This is a fake image. In the text line the glyphs are garbled."]})
     model = FakeVLM.from_pretrained(saved_tiny_model)
 
     def run(metrics, data=manifest):
-        return register_model(model, metrics, data, params, QUESTION)
+        return register_model(model, metrics, data, params, load_params("evaluation"), QUESTION)
 
     run.model, run.params, run.manifest = model, params, manifest
     return run
@@ -81,8 +84,21 @@ def test_promotion_gate_promotes_better_refuses_worse_and_rolls_back(register, l
     json.dumps(better)
 
 
-def test_no_promotion_across_evaluation_data(register):
+def test_a_champion_scored_on_other_data_is_scored_again_on_this_data(register):
     register(metrics_with(0.5))
-    other_data = register.manifest.assign(sha256=["11"])
-    decision = register(metrics_with(0.99), other_data)
-    assert not decision["promoted"] and "evaluated on other data" in decision["reason"]
+    changed = register.manifest.assign(answer=["This is a fake image. The seam runs along the left edge."])
+    # what the evaluation stage would measure for the champion on the changed split
+    on_split = {**load_params("evaluation"), "benchmarks": {"test": "fakeclue_mini_test"}}
+    champion = flatten_metrics(compute_metrics(predict(register.model, changed, on_split, QUESTION))["fakeclue_mini_test"])
+    assert champion["rouge_l"] != pytest.approx(0.4)    # not the metrics it was registered with
+
+    challenger = metrics_with(champion["accuracy"] + 0.1)
+    challenger["fakeclue_mini_test"].update(rouge_l=champion["rouge_l"], css=champion["css"], f1=champion["f1"],
+                                            ece=champion["ece"], per_category={})
+    decision = register(challenger, changed)
+
+    assert decision["previous_champion"]["rescored"] and decision["previous_champion"]["version"] == "1"
+    assert decision["previous_champion"]["metrics"] == pytest.approx(champion, nan_ok=True)
+    assert decision["promoted"], decision["reason"]
+    same_data = register(challenger, changed)
+    assert not same_data["previous_champion"]["rescored"]   # v2 was registered on this data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import mlflow
@@ -12,23 +13,48 @@ from mlflow import MlflowClient
 from fakevlm.formats import open_image
 from fakevlm.metrics import flatten_metrics
 from fakevlm.model import FakeVLM
+from fakevlm.pipelines.evaluation.nodes import compute_metrics, predict
 from fakevlm.registry import log_and_register, promote_if_better
 from fakevlm.training import split_rows
 
 
 def evaluation_data_hash(manifest: pd.DataFrame, split: str) -> str:
-    """A hash of the evaluation split's content (ids, image bytes' sha256, labels), order-free."""
+    """A hash of the evaluation split's content (ids, image bytes' sha256, labels, reference
+    answers: ROUGE-L and CSS are measured against them), order-free."""
     rows = split_rows(manifest, split).sort_values("id")
-    text = "\n".join(f"{r.id}\t{r.sha256}\t{r.label}" for r in rows.itertuples(index=False))
+    text = "\n".join(f"{r.id}\t{r.sha256}\t{r.label}\t{r.answer}" for r in rows.itertuples(index=False))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def benchmark_metrics(metrics: dict[str, Any], benchmark: str) -> dict[str, float]:
+    """One benchmark's metrics of FakeVLM, flat (`per_category.doc.accuracy`), the baseline's left out."""
+    return flatten_metrics({k: v for k, v in metrics[benchmark].items() if k != "baseline_cnn"})
+
+
+def champion_scorer(
+    manifest: pd.DataFrame, params: dict[str, Any], evaluation: dict[str, Any], question: str
+) -> Callable[[str], dict[str, float]]:
+    """Scores a registered version on this run's benchmark split, as the evaluation stage does."""
+    on_benchmark = {**evaluation, "benchmarks": {params["benchmark_split"]: params["benchmark"]}}
+
+    def rescore(version: str) -> dict[str, float]:
+        wrapped = mlflow.pyfunc.load_model(f"models:/{params['model_name']}/{version}").unwrap_python_model()
+        predictions = predict(wrapped.fakevlm, manifest, on_benchmark, question)
+        return benchmark_metrics(compute_metrics(predictions), params["benchmark"])
+
+    return rescore
+
+
 def register_model(
-    fakevlm_model: FakeVLM, metrics: dict[str, Any], validated_manifest: pd.DataFrame, params: dict[str, Any], question: str
+    fakevlm_model: FakeVLM,
+    metrics: dict[str, Any],
+    validated_manifest: pd.DataFrame,
+    params: dict[str, Any],
+    evaluation: dict[str, Any],
+    question: str,
 ) -> dict[str, Any]:
     """Log and register the model; the returned decision record says whether it was promoted."""
-    benchmark = {k: v for k, v in metrics[params["benchmark"]].items() if k != "baseline_cnn"}
-    scalar_metrics = flatten_metrics(benchmark)
+    scalar_metrics = benchmark_metrics(metrics, params["benchmark"])
     data_hash = evaluation_data_hash(validated_manifest, params["benchmark_split"])
     with open_image(validated_manifest["image_path"].iloc[0]) as image:
         example = image.convert("RGB")
@@ -38,7 +64,8 @@ def register_model(
         mlflow.start_run(run_name="registry")
     try:
         version = log_and_register(fakevlm_model.source_dir, params["model_name"], question, params["max_new_tokens"], example)
-        decision = promote_if_better(MlflowClient(), params["model_name"], version, scalar_metrics, data_hash, params)
+        decision = promote_if_better(MlflowClient(), params["model_name"], version, scalar_metrics, data_hash, params,
+                                     champion_scorer(validated_manifest, params, evaluation, question))
         decision["benchmark"] = params["benchmark"]
         decision["run_id"] = mlflow.active_run().info.run_id
         mlflow.log_dict(decision, "registry_decision.json")

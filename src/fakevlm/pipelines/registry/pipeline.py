@@ -8,7 +8,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 register_model,
-                ["fakevlm_model", "metrics", "validated_manifest", "params:registry", "params:training.question"],
+                ["fakevlm_model", "metrics", "validated_manifest", "params:registry", "params:evaluation",
+                 "params:training.question"],
                 "registry_decision",
                 name="register_model",
             )
