@@ -16,8 +16,13 @@ from fakevlm.annotators.grounded import MEASURED, strength_word
 from fakevlm.annotators.measurements import load_stack, measure
 from fakevlm.annotators.prompts import render_prompt
 
-from .test_annotators_helpers import annotation_params, grey_image, prompts, tiny_manifest
 from .conftest import load_params
+from .test_annotators_helpers import (
+    annotation_params,
+    grey_image,
+    prompts,
+    tiny_manifest,
+)
 
 
 def test_every_category_has_an_instruction_per_label_and_five_aspects_covering_every_measurement():
