@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -91,16 +96,55 @@ def save_tiny_model(folder: Path, training_params: dict, labelled_images: list) 
     return folder
 
 
-@pytest.fixture
-def mlflow_store(tmp_path, monkeypatch):
-    """A throw-away SQLite MLflow store; MLflow's global state is reset afterwards."""
+@contextlib.contextmanager
+def tracking_at(uri: str, monkeypatch, artifact_location: str | None):
+    """MLflow pointed at `uri` with a fresh experiment; its global state is reset afterwards."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment("test", artifact_location=(tmp_path / "mlruns").as_uri()))
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("test", artifact_location=artifact_location))
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A throw-away SQLite MLflow store."""
+    with tracking_at(f"sqlite:///{tmp_path / 'mlflow.db'}", monkeypatch, (tmp_path / "mlruns").as_uri()) as uri:
+        yield uri
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, monkeypatch):
+    """A real `mlflow server` on 127.0.0.1 (SQLite behind it, artifacts proxied), stopped afterwards."""
+    from fakevlm.training import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+               "--artifacts-destination", str(tmp_path / "server-artifacts")]
+    log = (tmp_path / "mlflow-server.log").open("w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180   # slow to start on a busy 2-core machine (~45 s seen)
+        while not _answers(f"http://127.0.0.1:{port}/health"):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()[-2000:]}")
+            time.sleep(1)
+        with tracking_at(f"http://127.0.0.1:{port}", monkeypatch, None) as uri:
+            yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False

@@ -27,21 +27,26 @@ def aliases(client):
             if alias in client.get_registered_model("fakevlm").aliases}
 
 
-@pytest.fixture
-def register(saved_tiny_model, mlflow_store, labelled_images, tmp_path):
+def registrar(model_dir, labelled_images, tmp_path):
+    """register(metrics, data=manifest): the registry node on the tiny model and a one-image split."""
     params = load_params("registry")
     image_path = tmp_path / "example.png"
     labelled_images[0][1].save(image_path)
     manifest = pd.DataFrame({"id": ["a"], "image_path": [str(image_path)], "sha256": ["00"], "label": ["fake"],
                              "split": ["test"], "category": ["doc"], "artifact_family": ["glyph_garble"],
                              "answer": ["This is a fake image. In the text line the glyphs are garbled."]})
-    model = FakeVLM.from_pretrained(saved_tiny_model)
+    model = FakeVLM.from_pretrained(model_dir)
 
     def run(metrics, data=manifest):
         return register_model(model, metrics, data, params, load_params("evaluation"), QUESTION)
 
     run.model, run.params, run.manifest = model, params, manifest
     return run
+
+
+@pytest.fixture
+def register(saved_tiny_model, mlflow_store, labelled_images, tmp_path):
+    return registrar(saved_tiny_model, labelled_images, tmp_path)
 
 
 def test_promotion_gate_promotes_better_refuses_worse_and_rolls_back(register, labelled_images):
@@ -102,3 +107,20 @@ def test_a_champion_scored_on_other_data_is_scored_again_on_this_data(register):
     assert decision["promoted"], decision["reason"]
     same_data = register(challenger, changed)
     assert not same_data["previous_champion"]["rescored"]   # v2 was registered on this data
+
+
+def test_the_gate_works_against_a_real_mlflow_server(saved_tiny_model, mlflow_server, labelled_images, tmp_path):
+    register = registrar(saved_tiny_model, labelled_images, tmp_path)
+    client = MlflowClient()
+    assert client._registry_uri.startswith("http://127.0.0.1:")
+    assert register(metrics_with(0.8))["promoted"]
+    assert not register(metrics_with(0.7))["promoted"]
+    assert register(metrics_with(0.9))["promoted"]
+    assert aliases(client) == {"champion": "3", "challenger": "3", "previous": "1"}
+    rollback(client, "fakevlm", register.params)
+    assert aliases(client)["champion"] == "1"
+    # the model's files went through the server's artifact proxy and come back whole
+    served = mlflow.pyfunc.load_model("models:/fakevlm@champion")
+    out = served.predict(pd.DataFrame({"image": [encode_image(labelled_images[1][1])]}))
+    assert out["explanation"].tolist() == register.model.generate([labelled_images[1][1]], QUESTION,
+                                                                   register.params["max_new_tokens"])
