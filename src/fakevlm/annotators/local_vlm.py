@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from fakevlm.annotators import Done, Request
 from fakevlm.formats.common import open_image
 
@@ -55,10 +57,13 @@ class TransformersAnnotator:
 
     def annotate(self, requests: Sequence[Request], done: Done) -> dict[str, str]:
         """Greedy answers, batched per prompt (same category and label)."""
-        by_prompt: dict[str, list[Request]] = defaultdict(list)
-        for request in requests:
-            by_prompt[request.prompt].append(request)
         errors: dict[str, str] = {}
+        by_prompt: dict[str, list[tuple[Request, Image.Image]]] = defaultdict(list)
+        for request in requests:
+            try:
+                by_prompt[request.prompt].append((request, open_image(request.image_path).convert("RGB")))
+            except OSError as error:  # missing or undecodable: that record, not the run
+                errors[request.id] = f"{type(error).__name__}: {error}"
         size = self.spec["batch_size"]
         for prompt, group in by_prompt.items():
             text = self.processor.apply_chat_template(
@@ -67,15 +72,14 @@ class TransformersAnnotator:
             )
             for start in range(0, len(group), size):
                 batch = group[start : start + size]
-                for request, answer in zip(batch, self.generate(text, batch)):
+                for (request, _), answer in zip(batch, self.generate(text, [image for _, image in batch])):
                     done(request, answer)
         return errors
 
-    def generate(self, text: str, batch: Sequence[Request]) -> list[str]:
+    def generate(self, text: str, images: Sequence[Image.Image]) -> list[str]:
         import torch
 
-        images = [open_image(request.image_path).convert("RGB") for request in batch]
-        inputs = self.processor(images=images, text=[text] * len(images), return_tensors="pt", padding=True)
+        inputs = self.processor(images=list(images), text=[text] * len(images), return_tensors="pt", padding=True)
         with torch.no_grad():
             output = self.vlm.generate(**inputs, max_new_tokens=self.spec["max_new_tokens"], do_sample=False)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
