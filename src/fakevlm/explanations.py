@@ -43,20 +43,28 @@ class Merged:
     agreement: float
 
 
-def merge(verdict: str, answers: Sequence[str], embeddings: dict[str, np.ndarray], params: dict[str, Any]) -> Merged:
+def merge(
+    verdict: str,
+    answers: Sequence[str],
+    embeddings: dict[str, np.ndarray],
+    params: dict[str, Any],
+    trusted: Sequence[bool] | None = None,
+) -> Merged:
     """The verdict sentence, then the clues at least `min_support_share` of the annotators back.
 
     `answers` are in the configured annotator order; `embeddings` holds every clue's unit vector.
     A clue's support is its own annotator plus each other annotator with a clue at least
-    `match_similarity` alike. Clues that repeat a kept one are dropped; the best supported come
-    first (ties: annotator order, then position), at most `max_clues`. A single answer is taken
-    as it stands, behind the verdict sentence.
+    `match_similarity` alike. A `trusted` annotator's clues (measured or recorded facts) need no
+    backing. Clues that repeat a kept one are dropped; the best supported come first (ties:
+    annotator order, then position), at most `max_clues`. A single answer is taken as it stands,
+    behind the verdict sentence.
     """
     per_annotator = [clues(answer) for answer in answers]
     if len(answers) == 1:
         kept = per_annotator[0]
         return Merged(" ".join([verdict, *kept]) if kept else None, math.nan)
     need = math.ceil(params["min_support_share"] * len(answers) - 1e-9)
+    trusted = trusted or [False] * len(answers)
     candidates = []
     for a, own in enumerate(per_annotator):
         for position, clue in enumerate(own):
@@ -66,8 +74,8 @@ def merge(verdict: str, answers: Sequence[str], embeddings: dict[str, np.ndarray
             )  # fmt: skip
             candidates.append((-support, a, position, clue))
     kept: list[str] = []
-    for negative_support, _, _, clue in sorted(candidates):
-        if -negative_support >= need and not any(_similar(clue, k, embeddings, params) for k in kept):
+    for negative_support, a, _, clue in sorted(candidates):
+        if (trusted[a] or -negative_support >= need) and not any(_similar(clue, k, embeddings, params) for k in kept):
             kept.append(clue)
     backed = sum(1 for s, *_ in candidates if -s > 1)
     agreement = backed / len(candidates) if candidates else math.nan

@@ -18,7 +18,7 @@ from fakevlm.pipelines.annotation.nodes import merge_annotations
 
 from ..test_annotators_helpers import annotation_params, prompts, tiny_manifest
 
-MERGE = {"match_similarity": 0.7, "min_support_share": 0.5, "max_clues": 4}
+MERGE = {"match_similarity": 0.7, "min_support_share": 0.6, "max_clues": 4}
 
 
 def unit(*values):
@@ -168,3 +168,11 @@ def test_every_row_without_an_answer_is_quarantined_not_lost(tmp_path):
     assert quarantine.set_index("id").at["img003", "reason"].startswith("annotator failed: grounded: FileNotFoundError")
     assert len(result["annotated_manifest"]) + len(quarantine) == 6
     assert math.isclose(result["annotation_summary"]["genericity_rate"], 0.0)
+
+
+def test_a_trusted_annotator_s_clues_need_no_backing_and_others_do():
+    embeddings = {"G1.": unit(1, 0, 0), "G2.": unit(0, 1, 0), "M1.": unit(0.1, 0.99, 0), "M2.": unit(0, 0, 1)}
+    answers = ["This is a fake image. G1. G2.", "This is a fake image. M1. M2."]
+    merged = merge("This is a fake image.", answers, embeddings, MERGE, trusted=[True, False])
+    assert merged.answer == "This is a fake image. G2. G1."  # G2 backed by M1 comes first; M2 unbacked
+    assert merge("This is a fake image.", answers, embeddings, MERGE).answer == "This is a fake image. G2."

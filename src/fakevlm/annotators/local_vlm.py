@@ -37,9 +37,6 @@ def checkpoint_fingerprint(folder: str | Path) -> str:
 
 class TransformersAnnotator:
     def __init__(self, name: str, spec: dict[str, Any], prompts: dict[str, Any]):
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         self.name = name
         self.spec = spec
         self.template = spec["template"]
@@ -47,16 +44,24 @@ class TransformersAnnotator:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"annotator {name!r}: checkpoint folder {folder} not found")
         self.model = f"{Path(folder).name}-{checkpoint_fingerprint(folder)}|n={spec['max_new_tokens']}"
-        remote = spec["trust_remote_code"]
+        self.processor = self.vlm = None  # loaded on the first uncached request: a rerun needs no model
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        folder, remote = self.spec["checkpoint"], self.spec["trust_remote_code"]
         self.processor = AutoProcessor.from_pretrained(folder, trust_remote_code=remote, local_files_only=True)
         # batched generation continues each row from its own last token
         self.processor.tokenizer.padding_side = "left"
         self.vlm = AutoModelForImageTextToText.from_pretrained(
-            folder, dtype=getattr(torch, spec["dtype"]), trust_remote_code=remote, local_files_only=True
+            folder, dtype=getattr(torch, self.spec["dtype"]), trust_remote_code=remote, local_files_only=True
         ).eval()
 
     def annotate(self, requests: Sequence[Request], done: Done) -> dict[str, str]:
         """Greedy answers, batched per prompt (same category and label)."""
+        if self.vlm is None:
+            self.load()
         errors: dict[str, str] = {}
         by_prompt: dict[str, list[tuple[Request, Image.Image]]] = defaultdict(list)
         for request in requests:

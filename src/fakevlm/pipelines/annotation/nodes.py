@@ -84,7 +84,8 @@ def _merge_row(label: str, outputs: dict[str, tuple], order: list[str], embeddin
     usable = [name for name in order if not contradicts(outputs[name][1], label)]
     if not usable:
         return None, "+".join(order), versions, np.nan, f"contradicts the label {label!r}: {', '.join(order)}"
-    merged = merge(params["verdict"][label], [outputs[name][1] for name in usable], embeddings, params["merge"])
+    merged = merge(params["verdict"][label], [outputs[name][1] for name in usable], embeddings, params["merge"],
+                   [name in params["merge"]["trusted"] for name in usable])
     annotators = "+".join(usable)
     if merged.answer is None:
         return None, annotators, versions, merged.agreement, "no clue left after merging"
