@@ -4,84 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
-import yaml
 from mlflow import MlflowClient
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from fakevlm.launch import environment_without_launcher
 from fakevlm.pipeline_registry import STAGES
 
 from .bad_inputs import write_bad_sources
-from .conftest import PROJECT_ROOT
-
-# conf/local of the copy: the same stages, on a few images and a few steps
-TINY = {
-    "ingestion": {"fakeclue_mini": {"per_category": {"train": 4, "test": 2}}},
-    "training": {
-        "model": {
-            "tokenizer_vocab_size": 300,
-            "vision": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},
-            "text": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2},
-        },
-        "stages": {
-            "vision_warmup": {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1},
-            "instruction": {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1},
-        },
-    },
-    "baseline": {"model": {"width": 4}, "train": {"max_steps": 2, "logging_steps": 1}},
-    "evaluation": {"max_new_tokens": 8},
-}
+from .tiny_project import copy_project, kedro_run, tiny_run
 
 pytestmark = pytest.mark.e2e
 
 
-def copy_project(root, local_parameters: dict):
-    """The project's code and config under root, with conf/local/parameters.yml = local_parameters."""
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
-    shutil.copytree(PROJECT_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("credentials.yml"))
-    for layer in ("01_raw", "02_intermediate", "03_primary", "05_model_input", "06_models", "07_model_output", "08_reporting"):
-        (root / "data" / layer).mkdir(parents=True)
-    (root / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(local_parameters))
-    return root
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    return copy_project(tmp_path_factory.mktemp("project"), TINY)
-
-
-def kedro_run(project, *args, expect_success: bool = True):
-    # Training tests in this process leave RANK/MASTER_PORT set (their process group still holds
-    # the port); inherited, they would make the run join that port instead of picking a free one.
-    env = environment_without_launcher()
-    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}", KEDRO_DISABLE_TELEMETRY="true")
-    result = subprocess.run(
-        [sys.executable, "-m", "kedro", "run", *args], cwd=project, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert (result.returncode == 0) == expect_success, failure_excerpt(result.stdout + result.stderr)
-    return result
-
-
-def failure_excerpt(output: str) -> str:
-    """The node's own error (Kedro logs it before the hooks' noise), else the tail of the log."""
-    lines = output.splitlines()
-    for i, line in enumerate(lines):
-        if "failed with error" in line or "Traceback" in line:
-            return "\n".join(lines[max(0, i - 5) : i + 80])
-    return "\n".join(lines[-80:])
+    """The copy after its default `kedro run` (shared with the notebook's test)."""
+    return tiny_run(tmp_path_factory)
 
 
 def test_kedro_run_end_to_end_then_each_pipeline_alone(project):
-    kedro_run(project)
-
     metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())["fakeclue_mini_test"]
     assert metrics["n"] == 7 * 2
     for key in ("accuracy", "f1", "rouge_l", "css"):
