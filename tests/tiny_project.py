@@ -70,11 +70,13 @@ def kedro_run(project, *args, expect_success: bool = True):
 
 
 def failure_excerpt(output: str) -> str:
-    """The node's own error (Kedro logs it before the hooks' noise), else the tail of the log."""
+    """The node's own error (Kedro logs it before the hooks' noise) and the log's tail, where a
+    long traceback ends with the exception's message."""
     lines = output.splitlines()
     for i, line in enumerate(lines):
         if "failed with error" in line or "Traceback" in line:
-            return "\n".join(lines[max(0, i - 5) : i + 80])
+            head = lines[max(0, i - 5) : i + 80]
+            return "\n".join([*head, "...", *lines[max(i + 80, len(lines) - 30) :]])
     return "\n".join(lines[-80:])
 
 
