@@ -102,10 +102,12 @@ def length_problem(answer: str, bounds: dict[str, int]) -> str | None:
     return None
 
 
-def generic_mask(answers: Sequence[str], similarity: float, max_share: float, chunk: int = 1024) -> np.ndarray:
+def generic_mask(
+    answers: Sequence[str], similarity: float, max_share: float, min_count: int, chunk: int = 1024
+) -> np.ndarray:
     """True for each answer that is near-identical (TF-IDF cosine >= `similarity`, on words and
-    word pairs) to at least `max_share` of all the answers: boilerplate that says nothing about
-    its image. Lexical on purpose: it catches copies and templates, and costs a second for
+    word pairs) to at least `max_share` of all the answers, and to at least `min_count` of them
+    (in a handful of answers two alike are no boilerplate): text that says nothing about its image. Lexical on purpose: it catches copies and templates, and costs a second for
     thousands of answers where sentence embeddings would cost minutes on a CPU."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -118,4 +120,4 @@ def generic_mask(answers: Sequence[str], similarity: float, max_share: float, ch
         (vectors[start : start + chunk] @ vectors.T >= similarity).astype(np.int64) @ counts - 1
         for start in range(0, len(unique), chunk)
     ])  # fmt: skip
-    return (neighbours >= max_share * len(answers))[inverse]
+    return (neighbours >= max(max_share * len(answers), min_count))[inverse]

@@ -56,8 +56,9 @@ def test_generic_flags_copies_shared_by_many_answers_only():
     specific = [f"This is a real image. The grain in cell {i} is {w} and the edge {v} is sharp."
                 for i, (w, v) in enumerate(zip(["even", "fine", "soft", "coarse", "dense"] * 4, "abcdefghijklmnopqrst"))]
     boiler = ["This is a real image. The image looks natural with consistent lighting."] * 10
-    mask = generic_mask(specific + boiler, similarity=0.95, max_share=0.2)
+    mask = generic_mask(specific + boiler, similarity=0.95, max_share=0.2, min_count=5)
     assert not mask[:20].any() and mask[20:].all()
+    assert not generic_mask(specific + boiler, similarity=0.95, max_share=0.2, min_count=10).any()  # 9 others
 
 
 def outputs_for(manifest, annotator, answers, errors=None):
@@ -176,3 +177,12 @@ def test_a_trusted_annotator_s_clues_need_no_backing_and_others_do():
     merged = merge("This is a fake image.", answers, embeddings, MERGE, trusted=[True, False])
     assert merged.answer == "This is a fake image. G2. G1."  # G2 backed by M1 comes first; M2 unbacked
     assert merge("This is a fake image.", answers, embeddings, MERGE).answer == "This is a fake image. G2."
+
+
+def test_a_run_where_every_row_is_quarantined_still_reports(tmp_path):
+    manifest = tiny_manifest(tmp_path / "images", n=3)
+    manifest["image_path"] = str(tmp_path / "gone.png")
+    result = run_pipeline(manifest, annotation_params(tmp_path))
+    summary = result["annotation_summary"]
+    assert result["annotated_manifest"].empty and summary["quarantined"] == 3 == summary["rows_in"]
+    assert summary["words"]["mean"] is None and summary["annotators"]["grounded"]["failed"] == 3

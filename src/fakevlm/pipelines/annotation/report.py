@@ -21,7 +21,7 @@ def quality_summary(
     per category, genericity rate, and per-annotator and between-annotator agreement."""
     reasons = quarantine["reason"].str.split(":").str[0].value_counts().sort_index()
     rows_in = len(annotated) + len(quarantine)
-    words = annotated["answer"].map(word_count)
+    words = _word_counts(annotated["answer"])
     bins = params["report"]["length_bins"]
     histogram = pd.cut(words, bins, right=False).value_counts(sort=False)
     return {
@@ -61,7 +61,7 @@ def _annotator_stats(rows: pd.DataFrame, annotated: pd.DataFrame) -> dict[str, A
     return {
         "requests": len(rows),
         "failed": int(rows["error"].notna().sum()),
-        "mean_words": _float(answered["answer"].map(word_count).mean()),
+        "mean_words": _float(_word_counts(answered["answer"]).mean()),
         "contradiction_rate": _float(np.mean([contradicts(a, labels[i]) for i, a in zip(known["id"], known["answer"])])
                                      if len(known) else np.nan),
     }
@@ -78,8 +78,13 @@ def _agreement(outputs: pd.DataFrame, annotated: pd.DataFrame) -> dict[str, Any]
 
     verdicts = answers.map(lambda a: parse_verdict(a) or "none")
     pairs = {f"{a}~{b}": float((verdicts[a] == verdicts[b]).mean()) for i, a in enumerate(names) for b in names[i + 1 :]}
-    return {"annotators": len(names), "clue_agreement": _float(annotated["clue_agreement"].mean()),
+    return {"annotators": len(names), "clue_agreement": _float(annotated["clue_agreement"].astype(float).mean()),
             "verdict_agreement": pairs}
+
+
+def _word_counts(answers: pd.Series) -> pd.Series:
+    # int dtype even when empty: an empty string column's mean raises instead of giving NaN
+    return pd.Series([word_count(a) for a in answers], dtype="int64")
 
 
 def _float(value: Any) -> float | None:
