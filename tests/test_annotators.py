@@ -73,7 +73,7 @@ def test_cache_ignores_a_half_written_temporary_file(tmp_path):
     cache = AnnotationCache(tmp_path)
     key = cache.key("sha", "a", "m", "p")
     (tmp_path / key[:2]).mkdir()
-    (tmp_path / key[:2] / ".tmp-abc.json").write_text('{"answer": "trunc')  # a kill -9 mid-write
+    (tmp_path / key[:2] / f".{key}-abc.tmp").write_text('{"answer": "trunc')  # a kill -9 mid-write
     assert cache.get(key) is None
 
 

@@ -90,15 +90,15 @@ class GroundedAnnotator:
     def clue(self, kind: str, request: Request, values: dict[str, Any]) -> str:
         """The clue sentence for one measurement, in the category aspect it belongs to."""
         subject = self.subject(request.category, kind)
-        place = self.params["places"][int(values[_cell_of(kind, request.label)])] if _cell_of(kind, request.label) else ""
+        cell = _cell_of(kind, request.label)
+        place = self.params["places"][int(values[cell])] if cell else ""
         sign = int(values["noise_sign"])
-        text = self.spec["clues"][kind][request.label].format(
+        return self.spec["clues"][kind][request.label].format(
             subject=subject, place=place, Place=_capital(place),
             period=f"{float(values['spectral_period']):g}", factor=f"{2 ** float(values['noise']):.1f}",
             direction=self.spec["directions"]["smoother" if sign < 0 else "noisier"],
             hue=self.spec["hues"][int(values["colour_hue"])],
         )  # fmt: skip
-        return text
 
     def subject(self, category: str, kind: str) -> str:
         for aspect in self.prompts["categories"][category]["aspects"]:

@@ -13,6 +13,9 @@ import pandas as pd
 from fakevlm.annotators import build_annotator, requests_for, run_cached
 from fakevlm.annotators.cache import AnnotationCache
 from fakevlm.explanations import clues, contradicts, generic_mask, length_problem, merge
+from fakevlm.metrics import flatten_metrics, sentence_encoder
+
+from .report import quality_summary, render_annotation_html
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +97,6 @@ def _merge_row(label: str, outputs: dict[str, tuple], order: list[str], embeddin
 
 def _clue_embeddings(annotator_outputs: pd.DataFrame) -> dict[str, np.ndarray]:
     """Unit MiniLM vectors of every distinct clue in the run (each encoded once)."""
-    from fakevlm.metrics import sentence_encoder
-
     texts = sorted({c for answer in annotator_outputs["answer"].dropna() for c in clues(answer)})
     if not texts:
         return {}
@@ -113,12 +114,6 @@ def report_annotations(
     params: dict[str, Any], prompts: dict[str, Any],
 ) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """The run's quality summary, its HTML page and its MLflow metrics."""
-    from fakevlm.metrics import flatten_metrics
-    from fakevlm.pipelines.annotation.report import (
-        quality_summary,
-        render_annotation_html,
-    )
-
     summary = quality_summary(annotated, quarantine, annotator_outputs, params, prompts)
     page = render_annotation_html(summary, quarantine, params["report"]["examples"])
     numbers = {k: {"value": v, "step": 0} for k, v in flatten_metrics(summary).items()}

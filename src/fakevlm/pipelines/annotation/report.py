@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from fakevlm.explanations import contradicts, word_count
+from fakevlm.metrics import parse_verdict
 from fakevlm.reports import _STYLE, table
 
 
@@ -74,8 +75,6 @@ def _agreement(outputs: pd.DataFrame, annotated: pd.DataFrame) -> dict[str, Any]
     if len(names) < 2:
         return {"annotators": len(names)}
     answers = outputs.pivot(index="id", columns="annotator", values="answer").dropna()
-    from fakevlm.metrics import parse_verdict
-
     verdicts = answers.map(lambda a: parse_verdict(a) or "none")
     pairs = {f"{a}~{b}": float((verdicts[a] == verdicts[b]).mean()) for i, a in enumerate(names) for b in names[i + 1 :]}
     return {"annotators": len(names), "clue_agreement": _float(annotated["clue_agreement"].astype(float).mean()),
