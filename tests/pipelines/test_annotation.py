@@ -186,3 +186,12 @@ def test_a_run_where_every_row_is_quarantined_still_reports(tmp_path):
     summary = result["annotation_summary"]
     assert result["annotated_manifest"].empty and summary["quarantined"] == 3 == summary["rows_in"]
     assert summary["words"]["mean"] is None and summary["annotators"]["grounded"]["failed"] == 3
+
+
+def test_source_answers_cost_no_annotator_call(tmp_path):
+    manifest = tiny_manifest(tmp_path / "images", n=4)
+    manifest["reference_answer"] = [f"This is a {label} image. As the source says." for label in manifest["label"]]
+    result = run_pipeline(manifest, annotation_params(tmp_path))
+    assert result["annotator_outputs"].empty and not (tmp_path / "cache").exists()
+    assert (result["annotated_manifest"]["annotator"] == "source").all()
+    assert result["annotation_summary"]["kept_from_source"] == 4
