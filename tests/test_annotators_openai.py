@@ -40,8 +40,8 @@ class Misbehaving(BaseHTTPRequestHandler):
             behaviour = self.server.script.pop(0) if self.server.script else "ok"
         if behaviour == "slow":
             time.sleep(1.0)  # past the client's timeout
-        if behaviour == "500":
-            self._send(500, {"error": {"message": "boom", "type": "server_error"}})
+        if behaviour in ("500", "429", "401"):
+            self._send(int(behaviour), {"error": {"message": "boom", "type": "server_error"}})
         elif behaviour == "malformed":
             self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []})
         else:
@@ -87,7 +87,7 @@ def run_one(tmp_path, server, n=1, **spec):
     return run_cached(annotator, requests_for(rows, annotator, prompts(), params["verdict"]), AnnotationCache(tmp_path / "cache"))
 
 
-@pytest.mark.parametrize("fault", ["500", "slow", "malformed"])
+@pytest.mark.parametrize("fault", ["500", "429", "slow", "malformed"])
 def test_a_fault_is_retried_then_answered(tmp_path, fault_server, fault):
     fault_server.script = [fault, fault]
     out = run_one(tmp_path, fault_server)
@@ -106,6 +106,12 @@ def test_a_lasting_fault_ends_in_an_error_for_that_record_only(tmp_path, fault_s
     fault_server.bodies.clear()
     again = run_one(tmp_path, fault_server, n=2, concurrency=1)  # the failure was not cached
     assert len(fault_server.bodies) == 1 and pd.isna(again.at[0, "error"])
+
+
+def test_a_refused_key_is_not_asked_again(tmp_path, fault_server):
+    fault_server.script = ["401"]
+    out = run_one(tmp_path, fault_server)
+    assert out.at[0, "error"].startswith("AuthenticationError") and len(fault_server.bodies) == 1
 
 
 def test_the_request_carries_the_prompt_the_image_and_the_key(tmp_path, fault_server, monkeypatch):

@@ -2,8 +2,8 @@
 (vLLM, TGI, Ollama, hosted APIs, `fakevlm serve`).
 
 The image goes as a PNG data URL; requests run in a thread pool of `concurrency`; each is retried
-`retries` times with doubling back-off on timeouts, connection errors, error statuses and replies
-without text. The client's own retries are off so that these are the only ones.
+`retries` times with doubling back-off on timeouts, connection errors, 5xx, 408/409/429 and
+replies without text; other 4xx (a bad key, an unknown model) fail at once. The client's own retries are off so that these are the only ones.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from fakevlm.formats.common import open_image
 from fakevlm.serving import encode_image
 
 log = logging.getLogger(__name__)
+
+RETRYABLE_4XX = (408, 409, 429)  # timeout, conflict, rate limit: worth another try after the back-off
 
 
 class MalformedReply(ValueError):
@@ -56,8 +58,8 @@ class OpenAIAnnotator:
         for attempt in range(self.spec["retries"] + 1):
             try:
                 return self.ask(request.prompt, image_url)
-            except Exception as error:
-                if attempt == self.spec["retries"]:
+            except Exception as error:  # timeouts, 5xx, refused connections, malformed replies
+                if attempt == self.spec["retries"] or _refused(error):
                     raise
                 log.warning("%s: %s on try %d; retrying", request.id, type(error).__name__, attempt + 1)
                 time.sleep(self.spec["backoff_s"] * 2**attempt)
@@ -79,3 +81,10 @@ class OpenAIAnnotator:
         if not isinstance(text, str) or not text.strip():
             raise MalformedReply(f"no answer text in the reply: {str(reply)[:200]}")
         return text.strip()
+
+
+def _refused(error: Exception) -> bool:
+    """A 4xx that asking again cannot fix (bad request, key, model name); 408/409/429 can pass."""
+    from openai import APIStatusError
+
+    return isinstance(error, APIStatusError) and 400 <= error.status_code < 500 and error.status_code not in RETRYABLE_4XX
