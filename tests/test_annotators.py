@@ -190,3 +190,14 @@ def test_cache_entries_record_what_produced_them(tmp_path):
     entry = json.loads(next((tmp_path / "cache").rglob("*.json")).read_text())
     assert entry == {"annotator": "counting", "model": "m1", "prompt_hash": request.prompt_hash,
                      "image_sha256": request.sha256, "answer": "This is a real image. Clue for img000."}
+
+
+def test_the_api_key_comes_from_kedro_credentials_and_is_never_described():
+    from kedro.io import DataCatalog
+
+    entry = {"type": "fakevlm.annotators.credentials.AnnotatorCredentials", "credentials": "annotator_api"}
+    catalog = DataCatalog.from_config({"annotator_credentials": entry}, {"annotator_api": {"api_key": "sk-secret"}})
+    assert catalog.load("annotator_credentials") == {"api_key": "sk-secret"}
+    assert "sk-secret" not in repr(catalog["annotator_credentials"])
+    without = DataCatalog.from_config({"annotator_credentials": {"type": entry["type"]}})
+    assert without.load("annotator_credentials") == {}
