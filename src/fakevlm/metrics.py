@@ -394,10 +394,14 @@ def probability_scores(fake_probabilities: Sequence[float], labels: Sequence[str
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """`{"a": {"b": 1}}` -> `{"a.b": 1.0}`, numbers only: the MLflow metric names."""
+    """`{"a": {"b": 1}}` -> `{"a.b": 1.0}`, numbers only: the MLflow metric names.
+
+    Keys come from data (categories, families, aspect names); characters MLflow refuses in a
+    metric name (anything but letters, digits, `_ - . / ` and space) become `_`.
+    """
     flat: dict[str, float] = {}
     for key, value in metrics.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{re.sub(r'[^A-Za-z0-9_./ -]', '_', str(key))}"
         if isinstance(value, dict):
             flat.update(flatten_metrics(value, f"{name}."))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -84,3 +84,12 @@ def test_compute_metrics_per_benchmark():
 
 def test_flatten_metrics_keeps_numbers_only():
     assert flatten_metrics({"a": {"b": 1, "c": "text", "d": {"e": 0.5}}, "f": True}) == {"a.b": 1.0, "a.d.e": 0.5}
+
+
+def test_flattened_names_are_names_mlflow_accepts(mlflow_store):
+    import mlflow
+
+    flat = flatten_metrics({"aspect_coverage": {"deepfake": {"lighting, skin tone (and) image processing": 0.5}}})
+    assert flat == {"aspect_coverage.deepfake.lighting_ skin tone _and_ image processing": 0.5}
+    with mlflow.start_run():
+        mlflow.log_metrics(flat)   # MLflow refuses ',' '(' ')' in a metric name
