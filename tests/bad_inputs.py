@@ -42,7 +42,10 @@ def write_bad_sources(tmp_path: Path) -> tuple[list[dict], int]:
     nested = images / "ff++/fake/Deepfakes/c23/frames/071_054/160.png"   # FakeClue's deepfake layout
     nested.parent.mkdir(parents=True)
     nested.write_bytes(_png(99))
-    good = {"label": 0, "cate": "animal"}
+    # FakeClue records carry their answer; the annotation stage keeps it (keep_source_answers)
+    answer = [{"from": "human", "value": "<image>Does the image looks real/fake?"},
+              {"from": "gpt", "value": "This is a fake image. The fur lacks the fine texture of a photograph."}]
+    good = {"label": 0, "cate": "animal", "conversations": answer}
     records = [
         {"image": "x/ok.png", **good},                      # accepted
         {"image": "x/dup.png", **good},                     # accepted
@@ -63,7 +66,7 @@ def write_bad_sources(tmp_path: Path) -> tuple[list[dict], int]:
         {"image": "x/dir.png", **good},                     # 15 image_missing (a folder)
         {"image": "x/link.png", **good},                    # 16 unsafe_path (symlink out of the root)
         {"image": "x/ok2.png", "artifact": {"strength": 7}, **good},  # 17 bad_field
-        {"image": "x/ok2.png", "conversations": "hi", **good},        # 18 bad_field
+        {"image": "x/ok2.png", **good, "conversations": "hi"},        # 18 bad_field
         {"image": "x/sliver.png", **good},                  # accepted here; validation: aspect ratio
         {"image": "x/deep16.png", **good},                  # accepted here; validation: 16-bit mode
         {"image": "ff++/fake/Deepfakes/c23/frames/071_054/160.png", "label": 0, "cate": "deepfake"},

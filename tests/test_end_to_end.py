@@ -69,14 +69,21 @@ def test_kedro_run_on_bad_input_accounts_for_every_record(tmp_path):
     assert len(pd.read_parquet(project / "data/03_primary/ingestion_quarantine.parquet")) == rejected_by_ingestion
 
     kedro_run(project, "--pipelines", "annotation")
+    # the FakeClue records keep their own answers; the one without an answer, about which the
+    # grounded annotator can say nothing, goes to the annotation quarantine
+    annotation = json.loads((project / "data/08_reporting/annotation_summary.json").read_text())
+    assert annotation["rows_in"] == ingestion["accepted"] == annotation["annotated"] + annotation["quarantined"]
+    annotation_quarantine = pd.read_parquet(project / "data/03_primary/annotation_quarantine.parquet")
+    assert annotation_quarantine["id"].tolist() == ["fc/test/ff++/fake/Deepfakes/c23/frames/071_054/160.png"]
+    assert annotation_quarantine["reason"].tolist() == ["no clue left after merging"]
     # The default gate tolerates no failing row: the run stops, saying which and why ...
     failed = kedro_run(project, "--pipelines", "validation", expect_success=False)
     output = failed.stdout + failed.stderr
-    assert "Data validation failed: 2 of 6 rows" in output
+    assert "Data validation failed: 2 of 5 rows" in output
     assert "x/sliver.png" in output and "x/deep16.png" in output
     # ... after saving the summary and the quarantine, which account for every row.
     validation = json.loads((project / "data/08_reporting/validation_summary.json").read_text())
-    assert validation["records_in"] == ingestion["accepted"]
+    assert validation["records_in"] == annotation["annotated"]
     assert validation["accepted"] + validation["quarantined"] == validation["records_in"]
     quarantine = pd.read_parquet(project / "data/03_primary/quarantine.parquet")
     assert sorted(quarantine["id"]) == ["fc/test/x/deep16.png", "fc/test/x/sliver.png"]
@@ -84,4 +91,4 @@ def test_kedro_run_on_bad_input_accounts_for_every_record(tmp_path):
 
     kedro_run(project, "--pipelines", "validation", "--params", "validation.max_failed_fraction=0.5")
     validated = pd.read_parquet(project / "data/05_model_input/validated_manifest.parquet")
-    assert len(validated) == validation["accepted"] == 4
+    assert len(validated) == validation["accepted"] == 3
