@@ -9,7 +9,7 @@ import sys
 
 from mlflow import MlflowClient
 
-from fakevlm.console import main
+from fakevlm.console import DEFAULT_MAX_NEW_TOKENS, main
 from fakevlm.metrics import parse_verdict
 from fakevlm.model import FakeVLM
 
@@ -32,7 +32,7 @@ def test_detect_folder_reports_every_file_and_skips_bad_ones(saved_tiny_model, l
     assert [r["path"] for r in results] == [str(folder / "broken.png")] + [
         str(folder / "sub" / f"{i}.png") for i, *_ in labelled_images[:3]] + [str(tmp_path / "missing.jpg")]
     assert "error" in results[0] and "error" in results[-1]
-    expected = FakeVLM.from_pretrained(saved_tiny_model).generate([im for _, im, _, _ in labelled_images[:3]], QUESTION, 96)
+    expected = FakeVLM.from_pretrained(saved_tiny_model).generate([im for _, im, _, _ in labelled_images[:3]], QUESTION, DEFAULT_MAX_NEW_TOKENS)
     for result, answer in zip(results[1:4], expected):
         assert result["explanation"] == answer and result["verdict"] == parse_verdict(answer)
         p = result["fake_probability"]

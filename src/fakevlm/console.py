@@ -26,6 +26,7 @@ from fakevlm.metrics import parse_verdict
 DEFAULT_MODEL = "models:/fakevlm@champion"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"    # conf/base/mlflow.yml's default
 DEFAULT_QUESTION = "Does the image looks real/fake?"   # FakeClue's prompt; the registry's model carries its own
+DEFAULT_MAX_NEW_TOKENS = 128   # conf/base/parameters_registry.yml's; a registered model carries its own
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 REGISTRY = {"model_name": "fakevlm", "champion_alias": "champion", "previous_alias": "previous"}
 # What reading a user's file may raise; PIL's decompression-bomb warning counts when it is made an error (`serve`)
@@ -59,7 +60,7 @@ def load_detector(model: str) -> Detector:
     from fakevlm.model import FakeVLM
 
     if Path(model).is_dir():
-        return Detector(FakeVLM.from_pretrained(model), DEFAULT_QUESTION, 96)
+        return Detector(FakeVLM.from_pretrained(model), DEFAULT_QUESTION, DEFAULT_MAX_NEW_TOKENS)
     import mlflow
 
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
