@@ -127,6 +127,7 @@ def test_lora_trains_adapters_and_saves_a_plain_llava(training_params, labelled_
     assert len(losses(history, "instruction")) == 4
     after = model.state_dict()
     assert after.keys() == before.keys()          # adapters merged away: the keys of a plain LLaVA
+    assert not model.get_input_embeddings()._forward_hooks   # LoRA's input-grad hook went with them
     changed = {name for name in after if not torch.equal(after[name], before[name])}
     assert changed, "nothing trained"
     assert all(".language_model." in name or "multi_modal_projector" in name for name in changed), changed

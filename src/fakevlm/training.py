@@ -371,19 +371,22 @@ def train(
     encoded = TrainingSamples(processor, examples, question, max_length, cache_pixels)
     log.info("encoded %d samples, longest %d tokens", len(encoded), max(t["input_ids"].numel() for t in encoded.tokens))
     history: dict[str, list[dict[str, float]]] = {}
+    use_lora = bool(lora and lora["enabled"])
     warmup = stages.get("vision_warmup")
     if warmup and warmup.get("max_steps", 0) > 0:
-        if resumable_checkpoint(stages["instruction"]):
+        # a LoRA checkpoint holds the adapters and the projector, not the frozen warmed-up tower:
+        # then the warm-up runs again (resuming from its own checkpoint)
+        if resumable_checkpoint(stages["instruction"]) and not use_lora:
             history["vision_warmup"] = json.loads((Path(warmup["output_dir"]) / HISTORY_FILE).read_text())
         else:
             classifier = VisionVerdictClassifier(model)
             history["vision_warmup"] = run_trainer(classifier, encoded, collate_verdicts, warmup)
             classifier.copy_into(model)
-    use_lora = bool(lora and lora["enabled"])
     instruction_model = with_lora(model, lora) if use_lora else model
     history["instruction"] = run_trainer(
         instruction_model, encoded, collate_answers(processor.tokenizer.pad_token_id), stages["instruction"]
     )
     if use_lora:
+        instruction_model.disable_input_require_grads()
         instruction_model.merge_and_unload()
     return history
