@@ -76,13 +76,14 @@ class Service:
     def chat(self, image: Image.Image, question: str, max_tokens: int) -> tuple[str, str, dict[str, int]]:
         """The answer, OpenAI's finish reason, and the token usage."""
         fakevlm = self.detector.fakevlm
+        processor = fakevlm.processor
+        # the counts too: a fast tokenizer is not thread-safe while answer() changes its padding
         with self.lock:
             answer = fakevlm.answer([image], question, max_tokens)[0][0]
-        processor = fakevlm.processor
-        prompt_tokens = len(processor(images=[image], text=[build_prompt(processor, question)])["input_ids"][0])
-        # FakeVLM.answer returns text: re-tokenised as training wrote it (leading space, end-of-sequence),
-        # it says whether generation stopped on its own or at max_tokens
-        written = len(processor.tokenizer(answer_suffix(answer, processor), add_special_tokens=False)["input_ids"])
+            prompt_tokens = len(processor(images=[image], text=[build_prompt(processor, question)])["input_ids"][0])
+            # FakeVLM.answer returns text: re-tokenised as training wrote it (leading space, end of
+            # sequence), it says whether generation stopped on its own or at max_tokens
+            written = len(processor.tokenizer(answer_suffix(answer, processor), add_special_tokens=False)["input_ids"])
         completion_tokens = min(written, max_tokens)
         return answer, "length" if written > max_tokens else "stop", {
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -132,7 +133,11 @@ def service_of(request: Request, counted: str | None = None) -> Service:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused as soon as it passes `limit` bytes (chunked bodies included)."""
     too_large = ApiError(413, f"request body larger than {limit / 1e6:g} MB", "request_too_large")
-    if int(request.headers.get("content-length") or 0) > limit:
+    try:
+        declared = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        raise ApiError(400, "Content-Length is not a number", "invalid_request") from None
+    if declared > limit:
         raise too_large
     body = bytearray()
     async for chunk in request.stream():
@@ -162,7 +167,9 @@ def uploaded_files(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
 async def detect(request: Request) -> Any:
     """One image: detect's object; several: a list, with `error` for each unreadable file."""
     service = service_of(request, "detect")
-    files = uploaded_files(await read_body(request, service.max_upload_bytes), request.headers.get("content-type", ""))
+    # parsing and decoding megabytes happens off the event loop, so /health and /stats stay quick
+    files = await run_in_threadpool(uploaded_files, await read_body(request, service.max_upload_bytes),
+                                    request.headers.get("content-type", ""))
     if not files:
         raise ApiError(400, "no image: send one or more files in fields named `file` or `files`", "no_image")
     if len(files) > service.max_batch:
@@ -217,7 +224,7 @@ async def chat_completions(request: Request) -> dict[str, Any]:
     if chat.stream:
         raise ApiError(400, "stream: true is not supported; ask with stream: false", "stream_not_supported")
     url, question = image_and_question(chat)
-    image = image_from_data_url(url)
+    image = await run_in_threadpool(image_from_data_url, url)
     default_tokens = service.detector.max_new_tokens  # the answer length the model was trained for, also the cap
     max_tokens = min(chat.max_completion_tokens or chat.max_tokens or default_tokens, default_tokens)
     answer, finish_reason, usage = await run_in_threadpool(service.chat, image, question or service.detector.question,
