@@ -138,7 +138,11 @@ def mlflow_server(tmp_path, monkeypatch):
             yield uri
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
         log.close()
 
 
