@@ -18,9 +18,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
+from fakevlm.formats import UNREADABLE_IMAGE
 from fakevlm.metrics import parse_verdict
 
 DEFAULT_MODEL = "models:/fakevlm@champion"
@@ -30,7 +31,6 @@ DEFAULT_MAX_NEW_TOKENS = 128   # conf/base/parameters_registry.yml's; a register
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 REGISTRY = {"model_name": "fakevlm", "champion_alias": "champion", "previous_alias": "previous"}
 # What reading a user's file may raise; PIL's decompression-bomb warning counts when it is made an error (`serve`)
-UNREADABLE_IMAGE = (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 class Detector(NamedTuple):

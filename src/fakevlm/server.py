@@ -30,7 +30,8 @@ from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from fakevlm.console import UNREADABLE_IMAGE, Detector, detect_files, read_image
+from fakevlm.console import Detector, detect_files, read_image
+from fakevlm.formats import UNREADABLE_IMAGE
 from fakevlm.model import answer_suffix, build_prompt
 
 UPLOAD_FIELDS = {"file", "files"}

@@ -15,6 +15,7 @@ from kedro.runner import SequentialRunner
 from fakevlm.explanations import clues, generic_mask, merge
 from fakevlm.pipelines.annotation import create_pipeline
 from fakevlm.pipelines.annotation.nodes import merge_annotations
+from fakevlm.pipelines.annotation.report import quality_summary
 
 from ..test_annotators_helpers import annotation_params, prompts, tiny_manifest
 
@@ -91,6 +92,9 @@ def test_filters_send_rows_to_quarantine_with_their_reason(tmp_path, five_rows):
     assert reasons["img003"] == "annotator failed: grounded: APITimeoutError: timed out"
     assert reasons["img004"] == "no clue left after merging"
     assert len(annotated) + len(quarantine) == len(five_rows)
+    # the report counts the contradiction although its row went to quarantine: 1 of 4 answers
+    summary = quality_summary(annotated, quarantine, outputs, params, prompts())
+    assert summary["annotators"]["grounded"]["contradiction_rate"] == pytest.approx(0.25)
 
 
 def test_source_answers_are_kept_as_they_stand(tmp_path, five_rows):

@@ -20,7 +20,7 @@ import numpy as np
 from fakevlm.annotators import Done, Request
 from fakevlm.annotators.measurements import load_stack, measure
 from fakevlm.annotators.prompts import prompt_hash
-from fakevlm.formats.common import open_image
+from fakevlm.formats.common import UNREADABLE_IMAGE, open_image
 
 MEASURED = ("spectral", "detail", "noise", "blockiness", "colour")
 # measurements whose `fake` side is a low value
@@ -33,7 +33,7 @@ class GroundedAnnotator:
         self.spec = spec
         self.params = params
         self.prompts = prompts
-        self.template = "instruct"
+        self.template = spec["template"]
         # the wording and bounds are this annotator's "model": editing them re-runs it alone
         self.model = "grounded-" + prompt_hash(spec, params["families"], params["strength_words"],
                                                params["places"], params["verdict"])
@@ -45,7 +45,7 @@ class GroundedAnnotator:
         for request in requests:
             try:
                 image = open_image(request.image_path).convert("RGB")
-            except OSError as error:  # missing or undecodable: that record, not the run
+            except UNREADABLE_IMAGE as error:  # missing, undecodable or a bomb: that record, not the run
                 errors[request.id] = f"{type(error).__name__}: {error}"
                 continue
             by_size[image.size].append((request, image))

@@ -13,7 +13,7 @@ from typing import Any
 from PIL import Image
 
 from fakevlm.annotators import Done, Request
-from fakevlm.formats.common import open_image
+from fakevlm.formats.common import UNREADABLE_IMAGE, open_image
 
 _SAMPLE_BYTES = 1 << 20
 
@@ -67,7 +67,7 @@ class TransformersAnnotator:
         for request in requests:
             try:
                 by_prompt[request.prompt].append((request, open_image(request.image_path).convert("RGB")))
-            except OSError as error:  # missing or undecodable: that record, not the run
+            except UNREADABLE_IMAGE as error:  # missing, undecodable or a bomb: that record, not the run
                 errors[request.id] = f"{type(error).__name__}: {error}"
         size = self.spec["batch_size"]
         for prompt, group in by_prompt.items():

@@ -5,7 +5,13 @@ Every reader takes one configured source (a dict) and returns `(rows, rejects)`:
 """
 
 from fakevlm.formats import ddvqa, fakeclue, folder, loki
-from fakevlm.formats.common import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, open_image, read_image_bytes
+from fakevlm.formats.common import (
+    MANIFEST_COLUMNS,
+    QUARANTINE_COLUMNS,
+    UNREADABLE_IMAGE,
+    open_image,
+    read_image_bytes,
+)
 from fakevlm.formats.ddvqa import read_ddvqa
 from fakevlm.formats.fakeclue import read_fakeclue, split_paths, write_fakeclue_split
 from fakevlm.formats.folder import read_folder
@@ -19,5 +25,5 @@ READERS = {
     "folder": (read_folder, folder.REQUIRED_KEYS),
 }
 
-__all__ = ["MANIFEST_COLUMNS", "QUARANTINE_COLUMNS", "READERS", "open_image", "read_ddvqa", "read_image_bytes", "read_fakeclue",
+__all__ = ["MANIFEST_COLUMNS", "QUARANTINE_COLUMNS", "READERS", "UNREADABLE_IMAGE", "open_image", "read_ddvqa", "read_image_bytes", "read_fakeclue",
            "read_folder", "read_loki", "split_paths", "write_fakeclue_split"]

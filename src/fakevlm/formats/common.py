@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +263,10 @@ def read_image_bytes(image_path: str) -> bytes | None:
         return _zip(match["archive"]).read(match["member"])
     except (FileNotFoundError, KeyError):
         return None
+
+
+# What opening and decoding an image file raises when the file is not a usable image
+UNREADABLE_IMAGE = (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def open_image(image_path: str) -> Image.Image:

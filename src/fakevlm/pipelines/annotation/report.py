@@ -36,7 +36,10 @@ def quality_summary(
                   "max": int(words.max()) if len(words) else 0,
                   "histogram": {f"{int(b.left)}-{int(b.right)}": int(n) for b, n in histogram.items()}},
         "aspect_coverage": aspect_coverage(annotated, prompts),
-        "annotators": {name: _annotator_stats(rows, annotated) for name, rows in outputs.groupby("annotator")},
+        # each annotator's raw answers against every row's label, quarantined rows included: the
+        # contradicting answers are the ones the filters sent there
+        "annotators": {name: _annotator_stats(rows, pd.concat([annotated, quarantine]))
+                       for name, rows in outputs.groupby("annotator")},
         "agreement": _agreement(outputs, annotated),
     }  # fmt: skip
 
@@ -55,9 +58,9 @@ def aspect_coverage(annotated: pd.DataFrame, prompts: dict[str, Any]) -> dict[st
     return coverage
 
 
-def _annotator_stats(rows: pd.DataFrame, annotated: pd.DataFrame) -> dict[str, Any]:
+def _annotator_stats(rows: pd.DataFrame, labelled: pd.DataFrame) -> dict[str, Any]:
     answered = rows[rows["error"].isna()]
-    labels = annotated.set_index("id")["label"]
+    labels = labelled.set_index("id")["label"]
     known = answered[answered["id"].isin(labels.index)]
     return {
         "requests": len(rows),
