@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -38,8 +39,11 @@ def champion_scorer(
     on_benchmark = {**evaluation, "benchmarks": {params["benchmark_split"]: params["benchmark"]}}
 
     def rescore(version: str) -> dict[str, float]:
-        wrapped = mlflow.pyfunc.load_model(f"models:/{params['model_name']}/{version}").unwrap_python_model()
-        predictions = predict(wrapped.fakevlm, manifest, on_benchmark, question)
+        # a 7B champion is gigabytes: downloaded where it is removed again, and freed after use
+        with tempfile.TemporaryDirectory(prefix="champion-") as download:
+            uri = f"models:/{params['model_name']}/{version}"
+            wrapped = mlflow.pyfunc.load_model(uri, dst_path=download).unwrap_python_model()
+            predictions = predict(wrapped.fakevlm, manifest, on_benchmark, question)
         return benchmark_metrics(compute_metrics(predictions), params["benchmark"])
 
     return rescore
