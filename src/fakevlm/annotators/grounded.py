@@ -41,20 +41,20 @@ class GroundedAnnotator:
     def annotate(self, requests: Sequence[Request], done: Done) -> dict[str, str]:
         """Measure the images in same-size stacks of `batch_size` and write each answer."""
         errors: dict[str, str] = {}
-        by_size: dict[tuple[int, int], list[tuple[Request, Any]]] = defaultdict(list)
-        for request in requests:
-            try:
-                image = open_image(request.image_path).convert("RGB")
-            except UNREADABLE_IMAGE as error:  # missing, undecodable or a bomb: that record, not the run
-                errors[request.id] = f"{type(error).__name__}: {error}"
-                continue
-            by_size[image.size].append((request, image))
         size = self.spec["batch_size"]
-        for group in by_size.values():
-            for start in range(0, len(group), size):
-                chunk = group[start : start + size]
-                values = measure(load_stack([image for _, image in chunk]), self.spec["block_size"])
-                for row, (request, _) in enumerate(chunk):
+        for start in range(0, len(requests), size):
+            # decoded `batch_size` at a time: a whole data set of pictures does not fit in memory
+            by_size: dict[tuple[int, int], list[tuple[Request, Any]]] = defaultdict(list)
+            for request in requests[start : start + size]:
+                try:
+                    image = open_image(request.image_path).convert("RGB")
+                except UNREADABLE_IMAGE as error:  # missing, undecodable or a bomb: that record, not the run
+                    errors[request.id] = f"{type(error).__name__}: {error}"
+                    continue
+                by_size[image.size].append((request, image))
+            for group in by_size.values():
+                values = measure(load_stack([image for _, image in group]), self.spec["block_size"])
+                for row, (request, _) in enumerate(group):
                     done(request, self.answer(request, {k: v[row] for k, v in values.items()}))
         return errors
 

@@ -63,12 +63,9 @@ class TransformersAnnotator:
         if self.vlm is None:
             self.load()
         errors: dict[str, str] = {}
-        by_prompt: dict[str, list[tuple[Request, Image.Image]]] = defaultdict(list)
+        by_prompt: dict[str, list[Request]] = defaultdict(list)
         for request in requests:
-            try:
-                by_prompt[request.prompt].append((request, open_image(request.image_path).convert("RGB")))
-            except UNREADABLE_IMAGE as error:  # missing, undecodable or a bomb: that record, not the run
-                errors[request.id] = f"{type(error).__name__}: {error}"
+            by_prompt[request.prompt].append(request)
         size = self.spec["batch_size"]
         for prompt, group in by_prompt.items():
             text = self.processor.apply_chat_template(
@@ -76,9 +73,16 @@ class TransformersAnnotator:
                 add_generation_prompt=True,
             )
             for start in range(0, len(group), size):
-                batch = group[start : start + size]
-                for (request, _), answer in zip(batch, self.generate(text, [image for _, image in batch])):
-                    done(request, answer)
+                # decoded one batch at a time: a whole data set of pictures does not fit in memory
+                batch = []
+                for request in group[start : start + size]:
+                    try:
+                        batch.append((request, open_image(request.image_path).convert("RGB")))
+                    except UNREADABLE_IMAGE as error:  # missing, undecodable or a bomb: that record, not the run
+                        errors[request.id] = f"{type(error).__name__}: {error}"
+                if batch:
+                    for (request, _), answer in zip(batch, self.generate(text, [image for _, image in batch])):
+                        done(request, answer)
         return errors
 
     def generate(self, text: str, images: Sequence[Image.Image]) -> list[str]:
