@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -280,9 +281,17 @@ def open_image(image_path: str) -> Image.Image:
 # --- decoding in worker processes ---------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
 def _zip(archive: str) -> zipfile.ZipFile:
-    """One open handle per archive and process: reading the central directory once, not per image."""
+    """One open handle per archive and process: reading the central directory once, not per image.
+
+    Keyed by process id too: a forked worker (a DataLoader's, a decoding pool's) must not share its
+    parent's handle, whose file offset all of them would move.
+    """
+    return _zip_in_process(archive, os.getpid())
+
+
+@functools.lru_cache(maxsize=8)
+def _zip_in_process(archive: str, pid: int) -> zipfile.ZipFile:
     return zipfile.ZipFile(archive)
 
 
