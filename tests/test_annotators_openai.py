@@ -131,7 +131,8 @@ def test_the_request_carries_the_prompt_the_image_and_the_key(tmp_path, fault_se
     image, text = body["messages"][1]["content"]
     assert image["image_url"]["url"].startswith("data:image/png;base64,iVBOR")
     assert prompts()["categories"]["animal"]["instruction"]["real"] in text["text"]
-    assert body["temperature"] == 0.0 and body["max_tokens"] == 120
+    configured = annotation_params(tmp_path)["available"]["local_server"]
+    assert body["temperature"] == configured["temperature"] and body["max_tokens"] == configured["max_tokens"] == 128
 
 
 # --- against `fakevlm serve` ------------------------------------------------------------------------
