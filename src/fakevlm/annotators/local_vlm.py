@@ -4,7 +4,6 @@ Qwen2-VL-style) through AutoProcessor + AutoModelForImageTextToText, batched, gr
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,23 +14,26 @@ from PIL import Image
 from fakevlm.annotators import Done, Request
 from fakevlm.formats.common import UNREADABLE_IMAGE, open_image
 
-_SAMPLE_BYTES = 1 << 20
+_BLOCK_BYTES = 8 << 20   # read weight files in 8 MiB blocks
 
 
 def checkpoint_fingerprint(folder: str | Path) -> str:
-    """What identifies a checkpoint's weights without reading gigabytes: its config and, per weight
-    file, the size and the first and last MiB. Retraining into the same folder changes it."""
+    """What identifies a checkpoint: its JSON files and every byte of its weight files.
+
+    Whole files: a fine-tune (LoRA merged, a frozen tower) can leave the first and last tensors
+    of a shard unchanged, and a sampled hash would then serve the old model's cached answers.
+    Reading a 7B checkpoint once per run costs seconds.
+    """
     folder = Path(folder)
     digest = hashlib.sha256()
     for path in sorted(folder.iterdir()):
         if path.suffix == ".json":
             digest.update(path.name.encode() + path.read_bytes())
         elif path.suffix in {".safetensors", ".bin"}:
-            size = path.stat().st_size
+            digest.update(path.name.encode())
             with path.open("rb") as handle:
-                head = handle.read(_SAMPLE_BYTES)
-                handle.seek(max(size - _SAMPLE_BYTES, 0))
-                digest.update(path.name.encode() + json.dumps(size).encode() + head + handle.read())
+                for block in iter(lambda: handle.read(_BLOCK_BYTES), b""):
+                    digest.update(block)
     return digest.hexdigest()[:16]
 
 
