@@ -108,6 +108,17 @@ def test_source_answers_are_kept_as_they_stand(tmp_path, five_rows):
     assert len(annotated) == 5 and quarantine.empty
 
 
+def test_a_source_answer_that_contradicts_its_label_is_quarantined(tmp_path, five_rows):
+    params = annotation_params(tmp_path)
+    five_rows.loc[1, "reference_answer"] = "This is a real image. The fur is natural."   # img001 is fake
+    outputs = outputs_for(five_rows.drop(index=1), "grounded", {i: f"This is a {lab} image. The grain of {i} is odd in the centre, near the edge of the frame."
+                                                                for i, lab in zip(five_rows["id"], five_rows["label"])})
+    annotated, quarantine = merge_annotations(five_rows, outputs, params)
+    assert quarantine["id"].tolist() == ["img001"]
+    assert quarantine.at[0, "reason"] == "source answer contradicts the label 'fake'"
+    assert len(annotated) == 4
+
+
 def test_a_contradicting_annotator_is_dropped_and_the_other_kept(tmp_path, five_rows):
     params = annotation_params(tmp_path, annotators=["grounded", "other"])
     rows = five_rows.iloc[:1]

@@ -59,7 +59,10 @@ def merge_annotations(
     records = []
     for row, keep in zip(manifest.itertuples(index=False), kept):
         if keep:
-            records.append((row.reference_answer, "source", "", np.nan, None))
+            # a source's own answer is kept as written, unless it says the opposite of its label
+            wrong = contradicts(row.reference_answer, row.label)
+            records.append((row.reference_answer, "source", "", np.nan,
+                            f"source answer contradicts the label {row.label!r}" if wrong else None))
         else:
             records.append(_merge_row(row.label, by_id[row.id], order, embeddings, params))
     columns = ["answer", "annotator", "prompt_versions", "clue_agreement", "reason"]
