@@ -117,6 +117,38 @@ def mlflow_store(tmp_path, monkeypatch):
         yield uri
 
 
+@contextlib.contextmanager
+def local_server(command: list[str], port: int, log_path: Path, timeout: float = 180):
+    """Start a server process, wait until http://127.0.0.1:port/health answers, stop it afterwards
+    (killed if it does not stop). Yields the base URL."""
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + timeout   # slow to start on a busy 2-core machine (~45 s seen)
+        while not _answers(f"{url}/health"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{command[0]} {command[1]} did not start (exit {process.poll()}):\n"
+                            f"{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def fakevlm_serve(model: Path, port: int, log_path: Path, *options: str):
+    """`fakevlm serve` of `model` on 127.0.0.1:port, as `local_server`."""
+    command = [str(Path(sys.executable).parent / "fakevlm"), "serve", "--model", str(model), "--port", str(port),
+               *options]
+    return local_server(command, port, log_path)
+
+
 @pytest.fixture
 def mlflow_server(tmp_path, monkeypatch):
     """A real `mlflow server` on 127.0.0.1 (SQLite behind it, artifacts proxied), stopped afterwards."""
@@ -126,24 +158,9 @@ def mlflow_server(tmp_path, monkeypatch):
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                "--artifacts-destination", str(tmp_path / "server-artifacts")]
-    log = (tmp_path / "mlflow-server.log").open("w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180   # slow to start on a busy 2-core machine (~45 s seen)
-        while not _answers(f"http://127.0.0.1:{port}/health"):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()[-2000:]}")
-            time.sleep(1)
-        with tracking_at(f"http://127.0.0.1:{port}", monkeypatch, None) as uri:
-            yield uri
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+    with local_server(command, port, tmp_path / "mlflow-server.log") as url, \
+            tracking_at(url, monkeypatch, None) as uri:
+        yield uri
 
 
 def _answers(url: str) -> bool:

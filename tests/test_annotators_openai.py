@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,8 +19,14 @@ import requests
 from fakevlm.annotators import build_annotator, requests_for, run_cached
 from fakevlm.annotators.cache import AnnotationCache
 from fakevlm.pipelines.annotation.nodes import annotate_images
+from fakevlm.training import free_port
 
-from .conftest import make_labelled_images, save_tiny_model, small_training_params
+from .conftest import (
+    fakevlm_serve,
+    make_labelled_images,
+    save_tiny_model,
+    small_training_params,
+)
 from .test_annotators_helpers import annotation_params, prompts, tiny_manifest
 
 GOOD_REPLY = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
@@ -143,27 +147,8 @@ def serve_url(tmp_path_factory):
     """`fakevlm serve` of a tiny saved model on a free port of 127.0.0.1."""
     workdir = tmp_path_factory.mktemp("annotator_serve")
     model = save_tiny_model(workdir / "model", small_training_params(workdir), make_labelled_images())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = (workdir / "server.log").open("w")
-    process = subprocess.Popen([str(Path(sys.executable).parent / "fakevlm"), "serve", "--model", str(model),
-                                "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail(f"fakevlm serve did not start:\n{(workdir / 'server.log').read_text()}")
-    yield url
-    process.terminate()
-    process.wait(timeout=15)
+    with fakevlm_serve(model, free_port(), workdir / "server.log", "--host", "127.0.0.1") as url:
+        yield url
 
 
 def chat_requests(url):

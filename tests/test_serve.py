@@ -6,12 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-import os
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,9 +24,11 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from fakevlm.console import load_detector, read_image
 from fakevlm.metrics import parse_verdict
+from fakevlm.training import free_port
 
 from .conftest import (
     checker_image,
+    fakevlm_serve,
     make_labelled_images,
     save_tiny_model,
     small_training_params,
@@ -72,42 +69,9 @@ def server(tiny_model, tmp_path_factory) -> Server:
     """`fakevlm serve` on a free port, with the default host; stopped after the module."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve_log") / "server.log"
-    command = [str(Path(sys.executable).parent / "fakevlm"), "serve", "--model", str(tiny_model), "--port", str(port),
-               "--max-batch", str(MAX_BATCH), "--max-upload-mb", str(MAX_UPLOAD_MB)]
-    with log.open("w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(url, process, log)
+    with fakevlm_serve(tiny_model, port, log, "--max-batch", str(MAX_BATCH),
+                       "--max-upload-mb", str(MAX_UPLOAD_MB)) as url:
         yield Server(url, port, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"fakevlm serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"fakevlm serve not healthy after {timeout} s:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
