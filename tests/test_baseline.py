@@ -63,3 +63,27 @@ def test_default_baseline_config_builds():
     params = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf/base/parameters_training.yml"))["baseline"]
     model = CNNDetector(params["model"])
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_imagenet_mobilenet_baseline_starts_from_imagenet_and_learns(labelled_images, tmp_path):
+    from fakevlm.model import mobilenet_v2_imagenet_weights
+
+    rows = []
+    for i, image, label, answer in labelled_images:
+        image.save(tmp_path / f"{i}.png")
+        rows.append({"id": i, "image_path": str(tmp_path / f"{i}.png"), "label": label, "answer": answer, "split": "train"})
+    config = dict(CONFIG, architecture="mobilenet_v2", weights="imagenet", image_size=64,
+                  image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    untrained = CNNDetector(config)
+    untrained.load_imagenet_weights()
+    imagenet = mobilenet_v2_imagenet_weights()
+    assert all(torch.equal(untrained.features.body.state_dict()[k], v) for k, v in imagenet.items())
+    model, _ = train_baseline(pd.DataFrame(rows), {"model": config, "train": TRAIN}, "train")
+    images = [im for _, im, _, _ in labelled_images]
+    predicted = ["fake" if p >= 0.5 else "real" for p in model.fake_probability(images)]
+    assert predicted == [label for _, _, label, _ in labelled_images]
+    # transformers builds its batch norms with TensorFlow's decay as momentum: the last batch's statistics
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    dataset = HFModelDataset(path=str(tmp_path / "cnn"), model_class="fakevlm.baseline.CNNDetector")
+    dataset.save(model)
+    assert dataset.load().fake_probability(images) == pytest.approx(model.fake_probability(images))

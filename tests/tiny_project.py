@@ -24,7 +24,6 @@ TINY = {
     "training": {
         "model": {
             "tokenizer_vocab_size": 300,
-            "vision": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},
             "text": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2},
         },
         "stages": {

@@ -1,8 +1,11 @@
-"""The expert baseline: a small ResNet-style CNN real/fake classifier, trained from scratch.
+"""The expert baseline: a CNN real/fake classifier trained on the same split as FakeVLM.
 
 FakeVLM claims to match expert detectors without a separate classifier; this is the classifier it
-is compared with, trained on the same split. The stem keeps full resolution (no stride, no
-pooling) because the artifacts it must see live in the highest frequencies.
+is compared with. `architecture: mobilenet_v2` is the ImageNet MobileNetV2 that the default
+FakeVLM uses as its vision tower, with a linear head instead of a language model (the fair
+comparison: the same pretrained eyes); `resnet` is a small ResNet-style network from random init
+whose stem keeps full resolution (no stride, no pooling), because the artifacts live in the
+highest frequencies.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import get_cosine_schedule_with_warmup
+from transformers import MobileNetV2Model, get_cosine_schedule_with_warmup
 
 from fakevlm.metrics import CLASSES as LABELS   # class index -> label: ("real", "fake")
+from fakevlm.model import keep_running_statistics, mobilenet_v2_config, mobilenet_v2_imagenet_weights
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +49,54 @@ class ResidualBlock(nn.Module):
         return F.relu(self.norm2(self.conv2(y)) + self.shortcut(x))
 
 
-class CNNDetector(nn.Module):
-    """Stem, four residual stages (the last three halve the resolution), pooled linear head."""
+class ResNetFeatures(nn.Module):
+    """Stem and four residual stages (the last three halve the resolution): a feature map."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, width: int):
         super().__init__()
-        self.config = dict(config)
-        width = config["width"]
         widths = [width, 2 * width, 4 * width, 4 * width]
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         self.stages = nn.Sequential(*[ResidualBlock(cin, cout, 1 if i == 0 else 2)
                                       for i, (cin, cout) in enumerate(zip([width, *widths[:-1]], widths))])
-        self.head = nn.Linear(widths[-1], len(LABELS))
+        self.width = widths[-1]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(self.stem(pixels)).mean(dim=(2, 3)))
+        return self.stages(self.stem(pixels))
+
+
+class MobileNetV2Features(nn.Module):
+    """transformers' MobileNetV2 (torchvision's layout): its last feature map, 1280 channels."""
+
+    def __init__(self, image_size: int):
+        super().__init__()
+        self.body = MobileNetV2Model(mobilenet_v2_config(image_size), add_pooling_layer=False)
+        self.width = self.body.config.hidden_size
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.body(pixels).last_hidden_state
+
+
+class CNNDetector(nn.Module):
+    """A convolutional feature map (`architecture`), mean-pooled, and a linear real/fake head."""
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.config = dict(config)
+        architecture = config.get("architecture", "resnet")
+        if architecture == "mobilenet_v2":
+            self.features = MobileNetV2Features(config["image_size"])
+        elif architecture == "resnet":
+            self.features = ResNetFeatures(config["width"])
+        else:
+            raise ValueError(f"baseline.model.architecture: {architecture!r}; expected mobilenet_v2 or resnet")
+        self.head = nn.Linear(self.features.width, len(LABELS))
+
+    def load_imagenet_weights(self) -> None:
+        """Start a MobileNetV2 body from torchvision's ImageNet weights (the head stays random)."""
+        self.features.body.load_state_dict(mobilenet_v2_imagenet_weights())
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixels).mean(dim=(2, 3)))
 
     def to_pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Images -> normalised (N, 3, size, size); resized only if they are not that size."""
@@ -74,10 +111,9 @@ class CNNDetector(nn.Module):
     def fake_probability(self, images: Sequence[Image.Image], batch_size: int = 64) -> list[float]:
         self.eval()
         probabilities: list[float] = []
-        with torch.backends.mkldnn.flags(enabled=False):   # the kernels it was trained with (train_cnn)
-            for start in range(0, len(images), batch_size):
-                logits = self(self.to_pixels(images[start : start + batch_size]))
-                probabilities += logits.softmax(dim=-1)[:, LABELS.index("fake")].tolist()
+        for start in range(0, len(images), batch_size):
+            logits = self(self.to_pixels(images[start : start + batch_size]))
+            probabilities += logits.softmax(dim=-1)[:, LABELS.index("fake")].tolist()
         return probabilities
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -106,26 +142,23 @@ def train_cnn(
     steps, batch_size = params["max_steps"], params["batch_size"]
     schedule = get_cosine_schedule_with_warmup(optimizer, math.ceil(params["warmup_ratio"] * steps), steps)
     history: list[dict[str, float]] = []
+    keep_running_statistics(model)
     model.train()
     start = time.perf_counter()
-    # Inside `kedro run`, oneDNN's convolution backward spun forever at the second step (a barrier
-    # waiting for an OpenMP thread that never came), and with one thread once died with a double
-    # free. PyTorch's own kernels are about 2x slower here but have done neither.
-    with torch.backends.mkldnn.flags(enabled=False):
-        for step in range(1, steps + 1):
-            index = torch.randint(0, len(pixels), (batch_size,), generator=generator)
-            batch = pixels[index]
-            # a mirror keeps every pixel-level artifact; it only changes where things are
-            flip = torch.rand(batch_size, generator=generator) < 0.5
-            batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
-            loss = F.cross_entropy(model(batch), targets[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            if step % params["logging_steps"] == 0 or step == steps:
-                history.append({"step": step, "loss": loss.item(), "learning_rate": schedule.get_last_lr()[0],
-                                "seconds": time.perf_counter() - start})
-                log.info("baseline step %d/%d  loss %.4f", step, steps, loss.item())
+    for step in range(1, steps + 1):
+        index = torch.randint(0, len(pixels), (batch_size,), generator=generator)
+        batch = pixels[index]
+        # a mirror keeps every pixel-level artifact; it only changes where things are
+        flip = torch.rand(batch_size, generator=generator) < 0.5
+        batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
+        loss = F.cross_entropy(model(batch), targets[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % params["logging_steps"] == 0 or step == steps:
+            history.append({"step": step, "loss": loss.item(), "learning_rate": schedule.get_last_lr()[0],
+                            "seconds": time.perf_counter() - start})
+            log.info("baseline step %d/%d  loss %.4f", step, steps, loss.item())
     model.eval()
     return history

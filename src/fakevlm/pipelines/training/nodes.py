@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def build_model(examples: list[Example], params: dict[str, Any]) -> FakeVLM:
-    """The pretrained checkpoint when one is configured, else a tiny LLaVA from config."""
+    """The pretrained checkpoint when one is configured, else a small LLaVA-style model from config."""
     model_params = params["model"]
     if model_params["pretrained"]:
         model, processor = load_pretrained(model_params["pretrained"], model_params["dtype"])
@@ -38,7 +38,8 @@ def build_model(examples: list[Example], params: dict[str, Any]) -> FakeVLM:
     corpus = [example.answer for example in examples] + [build_prompt(probe, params["question"])]
     processor = build_processor(train_tokenizer(corpus, model_params["tokenizer_vocab_size"]), model_params)
     model = build_tiny_model(processor, model_params)
-    if model_params["vision"].get("patch_init", "random") == "dct":
+    vision = model_params["vision"]
+    if vision["tower"] == "clip" and vision.get("patch_init", "random") == "dct":
         # at most 512 training images, evenly spread over the (category-sorted) rows
         sample = examples[:: max(1, len(examples) // 512)][:512]
         pixels = processor.image_processor(images=[e.rgb_image() for e in sample], return_tensors="pt")["pixel_values"]
@@ -97,6 +98,8 @@ def train_baseline(
     examples = load_examples(split_rows(validated_manifest, train_split))
     torch.manual_seed(params["train"]["seed"])
     model = CNNDetector(params["model"])
+    if params["model"].get("weights") == "imagenet":
+        model.load_imagenet_weights()
     n_params = sum(p.numel() for p in model.parameters())
     log.info("training a %.2f M-parameter CNN baseline on %d samples", n_params / 1e6, len(examples))
     history = train_cnn(model, [e.rgb_image() for e in examples], [e.label for e in examples], params["train"])
