@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import AutoModelForImageTextToText, AutoProcessor, FastVlmForConditionalGeneration
 
 from fakevlm.pipeline_registry import STAGES
 
@@ -49,7 +49,8 @@ def test_kedro_run_end_to_end_then_each_pipeline_alone(project):
 
     model_dir = project / "data/06_models/fakevlm"
     assert (model_dir / "model.safetensors").is_file()
-    LlavaForConditionalGeneration.from_pretrained(model_dir)
+    # the default: a LLaVA-style FastVLM around MobileNetV2, loaded by transformers' auto class
+    assert isinstance(AutoModelForImageTextToText.from_pretrained(model_dir), FastVlmForConditionalGeneration)
     AutoProcessor.from_pretrained(model_dir)
 
     for name in STAGES:
