@@ -8,7 +8,11 @@ import json
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from transformers import AutoModelForImageTextToText, AutoProcessor, FastVlmForConditionalGeneration
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    FastVlmForConditionalGeneration,
+)
 
 from fakevlm.pipeline_registry import STAGES
 
