@@ -238,14 +238,18 @@ def unshard(engine, model: nn.Module) -> None:
 
     ZeRO-3 leaves each rank a shard of every weight, behind hooks that gather them during a
     forward pass; saving, copying or training the model again needs plain tensors. The weights
-    are gathered, the engine's hooks removed, and each parameter replaced by a plain one (tied
-    parameters stay tied).
+    are gathered one module at a time (a whole-model gather would hold every weight twice at its
+    peak: 14 GB more per rank at 7B), the engine's hooks removed, and each parameter replaced by a
+    plain one (tied parameters stay tied).
     """
     import deepspeed
 
-    sharded = list(model.parameters())
-    with deepspeed.zero.GatheredParameters(sharded, modifier_rank=None):
-        full = {id(p): p.detach().clone() for p in sharded}
+    full: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in full]
+        if own:
+            with deepspeed.zero.GatheredParameters(own, modifier_rank=None):
+                full.update({id(p): p.detach().clone() for p in own})
     engine.destroy()
     plain: dict[int, nn.Parameter] = {}
     for module in model.modules():
