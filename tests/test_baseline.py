@@ -75,7 +75,7 @@ def test_imagenet_mobilenet_baseline_starts_from_imagenet_and_learns(labelled_im
     config = dict(CONFIG, architecture="mobilenet_v2", weights="imagenet", image_size=64,
                   image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
     untrained = CNNDetector(config)
-    untrained.load_imagenet_weights()
+    untrained.start_from("imagenet")
     imagenet = mobilenet_v2_imagenet_weights()
     assert all(torch.equal(untrained.features.body.state_dict()[k], v) for k, v in imagenet.items())
     model, _ = train_baseline(pd.DataFrame(rows), {"model": config, "train": TRAIN}, "train")
@@ -87,3 +87,5 @@ def test_imagenet_mobilenet_baseline_starts_from_imagenet_and_learns(labelled_im
     dataset = HFModelDataset(path=str(tmp_path / "cnn"), model_class="fakevlm.baseline.CNNDetector")
     dataset.save(model)
     assert dataset.load().fake_probability(images) == pytest.approx(model.fake_probability(images))
+    with pytest.raises(ValueError, match="only mobilenet_v2 has pretrained weights"):
+        CNNDetector(CONFIG).start_from("imagenet")

@@ -27,7 +27,7 @@ from torch import nn
 from transformers import MobileNetV2Model, get_cosine_schedule_with_warmup
 
 from fakevlm.metrics import CLASSES as LABELS   # class index -> label: ("real", "fake")
-from fakevlm.model import keep_running_statistics, mobilenet_v2_config, mobilenet_v2_imagenet_weights
+from fakevlm.model import keep_running_statistics, mobilenet_v2_config, start_mobilenet_v2
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,12 @@ class CNNDetector(nn.Module):
             raise ValueError(f"baseline.model.architecture: {architecture!r}; expected mobilenet_v2 or resnet")
         self.head = nn.Linear(self.features.width, len(LABELS))
 
-    def load_imagenet_weights(self) -> None:
-        """Start a MobileNetV2 body from torchvision's ImageNet weights (the head stays random)."""
-        self.features.body.load_state_dict(mobilenet_v2_imagenet_weights())
+    def start_from(self, weights: str | None) -> None:
+        """Starting weights for the features (`imagenet`: MobileNetV2 only); the head stays random."""
+        if isinstance(self.features, MobileNetV2Features):
+            start_mobilenet_v2(self.features.body, weights)
+        elif weights is not None:
+            raise ValueError(f"baseline.model.weights: {weights!r}; only mobilenet_v2 has pretrained weights")
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixels).mean(dim=(2, 3)))

@@ -147,10 +147,7 @@ def build_tiny_model(processor: LlavaProcessor, params: dict[str, Any]) -> PreTr
     if vision["tower"] == "mobilenet_v2":
         tower_config = mobilenet_v2_config(params["image_size"], vision["output_stride"])
         model = FastVlmForConditionalGeneration(FastVlmConfig(vision_config=tower_config, **shared))
-        if vision["weights"] == "imagenet":
-            model.model.vision_tower.load_state_dict(mobilenet_v2_imagenet_weights())
-        elif vision["weights"] is not None:
-            raise ValueError(f"training.model.vision.weights: {vision['weights']!r}; expected imagenet or null")
+        start_mobilenet_v2(model.model.vision_tower, vision["weights"])
     elif vision["tower"] == "clip":
         vision_config = CLIPVisionConfig(
             image_size=params["image_size"],
@@ -180,6 +177,14 @@ def mobilenet_v2_config(image_size: int, output_stride: int = 32) -> MobileNetV2
     """
     return MobileNetV2Config(image_size=image_size, tf_padding=False, layer_norm_eps=1e-5, hidden_size=1280,
                              output_stride=output_stride)
+
+
+def start_mobilenet_v2(tower: torch.nn.Module, weights: str | None) -> None:
+    """Give a MobileNetV2Model its starting weights: `imagenet`, or None to keep its random init."""
+    if weights == "imagenet":
+        tower.load_state_dict(mobilenet_v2_imagenet_weights())
+    elif weights is not None:
+        raise ValueError(f"MobileNetV2 weights: {weights!r}; expected imagenet or null")
 
 
 def mobilenet_v2_imagenet_weights() -> dict[str, torch.Tensor]:

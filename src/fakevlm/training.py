@@ -314,7 +314,7 @@ class StageTrainer(Trainer):
         self.optimizer = optimizer_cls(
             [{"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
              | ({"lr": self.vision_tower_lr} if vision else {})
-             for (vision, decays), params in sorted(groups.items(), key=lambda item: item[0])],
+             for (vision, decays), params in sorted(groups.items())],
             **optimizer_kwargs,
         )
         return self.optimizer

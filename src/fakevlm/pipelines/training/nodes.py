@@ -98,8 +98,7 @@ def train_baseline(
     examples = load_examples(split_rows(validated_manifest, train_split))
     torch.manual_seed(params["train"]["seed"])
     model = CNNDetector(params["model"])
-    if params["model"].get("weights") == "imagenet":
-        model.load_imagenet_weights()
+    model.start_from(params["model"].get("weights"))
     n_params = sum(p.numel() for p in model.parameters())
     log.info("training a %.2f M-parameter CNN baseline on %d samples", n_params / 1e6, len(examples))
     history = train_cnn(model, [e.rgb_image() for e in examples], [e.label for e in examples], params["train"])
