@@ -118,8 +118,8 @@ def mlflow_store(tmp_path, monkeypatch):
 
 
 @contextlib.contextmanager
-def local_server(command: list[str], port: int, log_path: Path, timeout: float = 180):
-    """Start a server process, wait until http://127.0.0.1:port/health answers, stop it afterwards
+def local_server(command: list[str], port: int, log_path: Path, timeout: float = 180, health: str = "/health"):
+    """Start a server process, wait until http://127.0.0.1:port{health} answers, stop it afterwards
     (killed if it does not stop). Yields the base URL."""
     url = f"http://127.0.0.1:{port}"
     with log_path.open("w") as log:
@@ -127,7 +127,7 @@ def local_server(command: list[str], port: int, log_path: Path, timeout: float =
                                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         deadline = time.monotonic() + timeout   # slow to start on a busy 2-core machine (~45 s seen)
-        while not _answers(f"{url}/health"):
+        while not _answers(f"{url}{health}"):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"{command[0]} {command[1]} did not start (exit {process.poll()}):\n"
                             f"{log_path.read_text()[-3000:]}")
@@ -161,6 +161,20 @@ def mlflow_server(tmp_path, monkeypatch):
     with local_server(command, port, tmp_path / "mlflow-server.log") as url, \
             tracking_at(url, monkeypatch, None) as uri:
         yield uri
+
+
+@pytest.fixture
+def s3_server(tmp_path, monkeypatch):
+    """An S3-compatible server (moto) on 127.0.0.1 with throw-away credentials; yields its endpoint URL."""
+    from fakevlm.training import free_port
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with local_server(command, port, tmp_path / "moto.log", health="/moto-api/") as url:
+        yield url
 
 
 def _answers(url: str) -> bool:
