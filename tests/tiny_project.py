@@ -7,6 +7,7 @@ rewriting its own outputs) and the notebook's.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -85,4 +86,28 @@ def tiny_run(tmp_path_factory) -> Path:
         project = copy_project(tmp_path_factory.mktemp("tiny_run"), TINY)
         kedro_run(project)
         _tiny_runs["project"] = project
+        _tiny_runs["digests"] = output_digests(project)  # before any test reruns a pipeline in it
     return _tiny_runs["project"]
+
+
+def tiny_run_digests(tmp_path_factory) -> dict[str, str]:
+    """`output_digests` of the tiny run, as its `kedro run` left them."""
+    tiny_run(tmp_path_factory)
+    return _tiny_runs["digests"]
+
+
+def dvc_outputs() -> list[str]:
+    """Every path dvc.yaml declares as a stage's output, metric or plot."""
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    return [next(iter(out)) if isinstance(out, dict) else out
+            for stage in stages.values() for kind in ("outs", "metrics", "plots") for out in stage.get(kind, [])]
+
+
+def output_digests(project: Path) -> dict[str, str]:
+    """md5 of every file of every DVC output in `project`, by path relative to it."""
+    files = []
+    for output in dvc_outputs():
+        path = project / output
+        assert path.exists(), f"{output}: declared in dvc.yaml but not written"
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {p.relative_to(project).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in files}

@@ -9,6 +9,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset
 
+from fakevlm.formats.common import project_relative
 from fakevlm.formats.fakeclue import split_paths, write_fakeclue_split
 
 # save(): {split: {"records": [FakeClue record, ...], "images": {record image path: PIL image}}}
@@ -29,7 +30,8 @@ class FakeClueDataset(AbstractDataset[SavedSplits, LoadedSplits]):
         if not ann_dir.is_dir():
             raise FileNotFoundError(f"{ann_dir}: no FakeClue annotations here (run ingestion first)")
         splits = sorted(p.stem for p in ann_dir.glob("*.json"))
-        return {split: split_paths(self._path, split) for split in splits}
+        # Kedro hands datasets absolute paths; the manifest must not depend on the clone's folder
+        return {split: split_paths(project_relative(self._path), split) for split in splits}
 
     def save(self, data: SavedSplits) -> None:
         # Write into a sibling temp folder, then swap it in: a crash leaves the old data intact,

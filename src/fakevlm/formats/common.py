@@ -167,9 +167,21 @@ class ImageRoot:
         raise NotImplementedError
 
 
+def project_relative(path: str | Path) -> Path:
+    """`path` relative to the working directory (the Kedro project root) when it lies inside it.
+
+    Artifacts store image paths in this form, so they are the same in every clone and still
+    resolve when `data/` is pulled or mounted elsewhere; paths outside the project stay as given.
+    """
+    path = Path(path)
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        return path.relative_to(Path.cwd())
+    return path
+
+
 def open_root(images: str | Path) -> ImageRoot:
     """The image root a source names: a zip archive when the path is one, else a folder."""
-    path = Path(images)
+    path = project_relative(images)
     return ZipRoot(path) if path.is_file() and zipfile.is_zipfile(path) else FolderRoot(path)
 
 

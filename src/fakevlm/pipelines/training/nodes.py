@@ -47,17 +47,27 @@ def build_model(examples: list[Example], params: dict[str, Any]) -> FakeVLM:
     return FakeVLM(model, processor)
 
 
+# Wall-clock figures differ on every run: they go to MLflow only, never into the histories DVC hashes.
+TIMING_KEYS = ("samples_per_second", "seconds", "train_runtime", "train_samples_per_second", "train_steps_per_second")
+MLFLOW_KEYS = ("loss", "grad_norm", "learning_rate", "train_loss", "samples_per_second", "seconds", "train_runtime")
+
+
 def history_as_mlflow_metrics(history: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
-    """Trainer log history as kedro-mlflow metric series, e.g. `instruction.loss`."""
+    """Log histories as kedro-mlflow metric series, e.g. `instruction.loss`, timings included."""
     metrics: dict[str, list[dict[str, float]]] = {}
     for stage, entries in history.items():
         for entry in entries:
-            for key in ("loss", "grad_norm", "learning_rate", "samples_per_second", "train_loss", "train_runtime"):
+            for key in MLFLOW_KEYS:
                 if key in entry:
                     metrics.setdefault(f"{stage}.{key}", []).append(
                         {"step": int(entry["step"]), "value": float(entry[key])}
                     )
     return metrics
+
+
+def without_timings(entries: list[dict[str, float]]) -> list[dict[str, float]]:
+    """A log history without its wall-clock figures: the same for every run of the same inputs."""
+    return [{key: value for key, value in entry.items() if key not in TIMING_KEYS} for entry in entries]
 
 
 def train_fakevlm(
@@ -87,14 +97,15 @@ def train_fakevlm(
         ranks = [{"rank": 0, "world_size": 1}]
     if not params["keep_checkpoints"]:
         remove_checkpoints(stages)
-    summary = {"n_parameters": n_params, "n_samples": len(examples), "ranks": ranks, "stages": history}
+    summary = {"n_parameters": n_params, "n_samples": len(examples), "ranks": ranks,
+               "stages": {stage: without_timings(entries) for stage, entries in history.items()}}
     return fakevlm, summary, history_as_mlflow_metrics(history)
 
 
 def train_baseline(
     validated_manifest: pd.DataFrame, params: dict[str, Any], train_split: str
-) -> tuple[CNNDetector, dict[str, Any]]:
-    """The CNN baseline on the same training split as FakeVLM; returns it and its history."""
+) -> tuple[CNNDetector, dict[str, Any], dict[str, list[dict[str, float]]]]:
+    """The CNN baseline on the same training split as FakeVLM; returns it, its history and MLflow metrics."""
     examples = load_examples(split_rows(validated_manifest, train_split))
     torch.manual_seed(params["train"]["seed"])
     model = CNNDetector(params["model"])
@@ -102,5 +113,5 @@ def train_baseline(
     n_params = sum(p.numel() for p in model.parameters())
     log.info("training a %.2f M-parameter CNN baseline on %d samples", n_params / 1e6, len(examples))
     history = train_cnn(model, [e.rgb_image() for e in examples], [e.label for e in examples], params["train"])
-    return model, {"n_parameters": n_params, "n_samples": len(examples), "seconds": history[-1]["seconds"],
-                   "log": history}
+    summary = {"n_parameters": n_params, "n_samples": len(examples), "log": without_timings(history)}
+    return model, summary, history_as_mlflow_metrics({"train": history})

@@ -15,7 +15,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 train_baseline,
                 ["validated_manifest", "params:baseline", "params:training.train_split"],
-                ["baseline_model", "baseline_history"],
+                ["baseline_model", "baseline_history", "baseline_mlflow_metrics"],
                 name="train_baseline",
             ),
         ]
