@@ -93,6 +93,7 @@ def test_loki_as_upstream_ships_it(tmp_path):
                        ("no_category", f"{folder / 'open_ended_vqa.json'}: image 'media_data/image/o.png'"),
                        ("unmapped_category", f"{tf}: image 'media_data/image/m.png'")]
     assert all(r["reason"].split(": ", 1)[1].startswith(r["record"]) for r in rejects)
+    assert next(r["path"] for r in rejects if r["record"] == f"{tf}: record 12") == "media_data/image/d.png"
     assert "'medicine'" in next(r["reason"] for r in rejects if r["reason"].startswith("unmapped_category"))
     # one more category mapped in the source: the others stay mapped
     rows, rejects = read_loki(_loki_source(tmp_path, folder, categories={"medicine": "human"}))

@@ -73,7 +73,7 @@ def write_loki(root: Path) -> Path:
     folder = root / "data_json" / "image"
     folder.mkdir(parents=True)
     (folder / "true_or_false.json").write_text(json.dumps(true_false, indent=4))
-    (folder / "multi_choice.json").write_text(json.dumps(multi, indent=4))
+    (folder / "multi_choice.json").write_text(json.dumps(multi, indent=4), encoding="utf-8-sig")  # a UTF-8 BOM
     open_ended = [_open_ended("e.png", "The skin is waxy", [([1.5, 2, 3, 4], "The left ear melts into the hair.")]),
                   _open_ended("o.png", "Too smooth.", []),                        # in no other file: no category
                   _open_ended("a.png", "", [([0, 0, 5, 5], "Fur éclat without strands.")])]

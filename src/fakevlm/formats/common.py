@@ -387,7 +387,8 @@ def parse_records(
         try:
             entries.extend(parse(where, record))
         except RecordError as err:
-            image = record.get("image") if isinstance(record, Mapping) else None
+            # FakeClue names its image `image`, LOKI `image_path`
+            image = record.get("image", record.get("image_path")) if isinstance(record, Mapping) else None
             rejects.append(reject(source, where, image if isinstance(image, str) else "", err))
     return entries, rejects
 

@@ -53,7 +53,7 @@ _MULTI_CHOICE = re.compile(r"^image_mc_(?P<asked>real|fake)_from_(?P<other>real|
 OPEN_ENDED = "image_open_ended_vqa"
 # LOKI's files that categorise images: consulted beside an open-ended file read on its own.
 CATEGORY_FILES = ("true_or_false.json", "multi_choice.json")
-_YES_NO = {"yes": True, "no": False}
+_YES_NO = {"Yes": True, "No": False}
 _CHOICES = {"A": 0, "B": 1}
 _OPPOSITE = {"real": "fake", "fake": "real"}
 # What a question asks for: its last sentence ending in "?", with a "not" turning it around.
@@ -166,31 +166,36 @@ def _facts(path: Path, where: str, record: Any) -> list[_Fact]:
         return [_Fact(path, where, image, "fake", None, record, _explanation(record, where))]
     if match := _TRUE_FALSE.match(kind):
         image = safe_relative(record["image_path"], where, "image_path")
-        answer = _YES_NO.get(str(require(record, ("answer",), where)["answer"]).strip().rstrip(".").lower())
-        if answer is None:
-            raise RecordError("bad_label", f"{where}: answer {record['answer']!r} is neither Yes nor No")
+        said_yes = _answer(record, _YES_NO, where)
         _check_asked(record, match["asked"], where)
-        if answer != (match["label"] == match["asked"]):
+        if said_yes != (match["label"] == match["asked"]):
             raise RecordError("label_conflict", f"{where}: question_type {kind!r} (a {match['label']} image asked "
-                                                f"whether it is {match['asked']}) disagrees with the answer {record['answer']!r}")
+                                                f"whether it is {match['asked']}) disagrees with the answer "
+                                                f"{record['answer']!r}")
         return [_Fact(path, where, image, match["label"], match["category"], record)]
     if match := _MULTI_CHOICE.match(kind):
-        if match["other"] != _OPPOSITE[match["asked"]]:
-            raise RecordError("bad_field", f"{where}: question_type {kind!r} asks to tell {match['asked']} from {match['other']}")
         images = record["image_path"]
-        if not isinstance(images, list) or len(images) != 2:
-            raise RecordError("bad_field", f"{where}: 'image_path' of a multiple-choice question must list two images, got {images!r}")
+        if match["other"] != _OPPOSITE[match["asked"]] or not isinstance(images, list) or len(images) != 2:
+            raise RecordError("bad_field", f"{where}: question_type {kind!r} must tell real from fake (or fake from "
+                                           f"real) in a list of two images, got {images!r}")
         paths = [safe_relative(image, where, "image_path") for image in images]
-        chosen = _CHOICES.get(str(require(record, ("answer",), where)["answer"]).strip().rstrip(".").upper())
-        if chosen is None:
-            raise RecordError("bad_label", f"{where}: answer {record['answer']!r} is neither A nor B")
+        chosen = _answer(record, _CHOICES, where)
         _check_asked(record, match["asked"], where)
         return [_Fact(path, f"{where} image {n}", image, match["asked"] if n == chosen else match["other"],
                       match["category"], {**record, "image_index": n})
                 for n, image in enumerate(paths)]
     raise RecordError("bad_field", f"{where}: unknown question_type {kind!r}; LOKI's image questions are "
-                                   f"image_tf_image_<label>_ask_<label>_<category>, image_mc_<label>_from_<label>_<category> "
-                                   f"and {OPEN_ENDED}")
+                                   "image_tf_image_<label>_ask_<label>_<category>, "
+                                   f"image_mc_<label>_from_<label>_<category> and {OPEN_ENDED}")
+
+
+def _answer(record: Mapping[str, Any], meanings: Mapping[str, Any], where: str) -> Any:
+    """What a question's answer means ("Yes" -> True, "B" -> 1), case and a final "." aside."""
+    answer = str(require(record, ("answer",), where)["answer"]).strip().rstrip(".")
+    for key, meaning in meanings.items():
+        if answer.casefold() == key.casefold():
+            return meaning
+    raise RecordError("bad_label", f"{where}: answer {record['answer']!r} is none of {list(meanings)}")
 
 
 def _check_asked(record: Mapping[str, Any], asked: str, where: str) -> None:
