@@ -80,14 +80,15 @@ def read_loki(source: Mapping[str, Any]) -> Ingested:
     name, root = str(source["name"]), open_root(source["images"])
     files = annotation_files(source["annotations"])
     facts, rejects = _read_facts(files, name)
-    categories = _categorised(facts) or {}
-    if any(fact.image not in categories for fact in facts):
+    loki_categories = _categorised(facts)
+    if any(fact.image not in loki_categories for fact in facts):
+        # only looked up: the files beside are not this source's records, so their rejects are not either
         beside = sorted({file.parent / other for file in files for other in CATEGORY_FILES} - set(files))
-        categories = _categorised(_read_facts([file for file in beside if file.is_file()], name)[0]) | categories
+        loki_categories = _categorised(_read_facts([f for f in beside if f.is_file()], name)[0]) | loki_categories
     entries = []
     for image, group in _by_image(facts).items():
         try:
-            entries.append(_entry(image, group, categories.get(image, set()), source))
+            entries.append(_entry(image, group, loki_categories.get(image, set()), source))
         except RecordError as err:
             rejects.append(reject(name, _where(image, group), root.display(image), err))
     return finish(entries, rejects, root, source=name, split=str(source["split"]), workers=workers_of(source))
