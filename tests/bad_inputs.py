@@ -82,9 +82,11 @@ def write_bad_sources(tmp_path: Path) -> tuple[list[dict], int]:
     zip_json.write_text(json.dumps([{"image": "a.png", **good}, {"image": "b.png", **good}]))  # 21 missing member
     loki_json = tmp_path / "loki.json"
     loki_json.write_text(json.dumps([
-        {"image_path": ["x/ok2.png"] * 3, "type_sec": "Animal", "answer": "A"},   # 22 bad_field (3 images)
-        {"image_path": "x/ok2.png", "type_sec": "Animal", "answer": "maybe"},     # 23 bad_label
-        {"image_path": "x/ok2.png", "answer": "fake"},                            # 24 missing_field
+        {"image_path": ["x/ok2.png"] * 3, "question_type": "image_mc_fake_from_real_animals",
+         "answer": "A"},                                                          # 22 bad_field (3 images)
+        {"image_path": "x/ok2.png", "question_type": "image_tf_image_fake_ask_fake_animals",
+         "answer": "maybe"},                                                      # 23 bad_label
+        {"image_path": "x/ok2.png", "answer": "Yes"},                             # 24 missing_field
     ]))
     dd_json = tmp_path / "dd.json"
     dd_json.write_text(json.dumps({"nokey": {}, "9_001": {}, "0_002": [],        # 25-27 bad key, id, value

@@ -15,22 +15,13 @@ from PIL import Image
 
 from fakevlm.formats import open_image, read_ddvqa, read_fakeclue, read_folder, read_loki
 from fakevlm.formats.fakeclue import PROMPT
+from fakevlm.pipelines.ingestion.nodes import with_defaults
+
+from .conftest import load_params
+from .upstream_formats import png, write_ddvqa, write_ff, write_images, write_loki
 
 FF_FAKE = "ff++/fake/Deepfakes/c23/frames/071_054/160.png"
 FF_REAL = "ff++/real/youtube/c23/frames/071/160.png"
-
-
-def _png(seed: int, size: tuple[int, int] = (12, 10)) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _write(root: Path, names: list[str]) -> None:
-    for seed, name in enumerate(names):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(_png(seed))
 
 
 def _fakeclue_records() -> list[dict]:
@@ -43,9 +34,9 @@ def _fakeclue_records() -> list[dict]:
 def test_fakeclue_zip_read_in_place(tmp_path, top):
     archive = tmp_path / "test.zip"
     with zipfile.ZipFile(archive, "w") as handle:
-        handle.writestr(top + FF_FAKE, _png(0))
-        handle.writestr(top + FF_REAL, _png(1))
-        handle.writestr("../../evil.png", _png(2))  # zip-slip: would land outside the target
+        handle.writestr(top + FF_FAKE, png(0))
+        handle.writestr(top + FF_REAL, png(1))
+        handle.writestr("../../evil.png", png(2))  # zip-slip: would land outside the target
     annotations = tmp_path / "data_json" / "test.json"
     annotations.parent.mkdir()
     annotations.write_text(json.dumps(_fakeclue_records()))
@@ -53,7 +44,7 @@ def test_fakeclue_zip_read_in_place(tmp_path, top):
                                    "split": "test", "workers": 2})
     assert rows["id"].tolist() == [f"fc/test/{FF_FAKE}", f"fc/test/{FF_REAL}"]
     assert rows["image_path"].iloc[0] == f"zip://{top}{FF_FAKE}::{archive.as_posix()}"
-    assert rows["sha256"].iloc[0] == hashlib.sha256(_png(0)).hexdigest()
+    assert rows["sha256"].iloc[0] == hashlib.sha256(png(0)).hexdigest()
     assert rows["reference_answer"].iloc[0] == "This is a fake image. Blurry nose."
     with open_image(rows["image_path"].iloc[1]) as image:  # later stages open archived images this way
         assert image.size == (12, 10)
@@ -63,7 +54,7 @@ def test_fakeclue_zip_read_in_place(tmp_path, top):
 
 
 def test_fakeclue_folder_one_level_deeper(tmp_path):
-    _write(tmp_path / "test" / "test", [FF_FAKE, FF_REAL])
+    write_images(tmp_path / "test" / "test", [FF_FAKE, FF_REAL])
     annotations = tmp_path / "test.json"
     annotations.write_text(json.dumps(_fakeclue_records()))
     rows, rejects = read_fakeclue({"name": "fc", "annotations": str(annotations), "images": str(tmp_path / "test"),
@@ -71,62 +62,102 @@ def test_fakeclue_folder_one_level_deeper(tmp_path):
     assert rejects == [] and rows["image_path"].iloc[0] == (tmp_path / "test" / "test" / FF_FAKE).as_posix()
 
 
-def test_loki_single_pair_and_option_answers(tmp_path):
-    _write(tmp_path / "media", ["a.png", "b.png", "c.jpg", "d.png", "e.png", "f.png"])
-    questions = [
-        {"image_path": "a.png", "question_type": "single", "type_sec": "Animal", "answer": "fake", "extra": 1},
-        {"image_path": "b.png", "question_type": "single", "type_sec": "Scene",
-         "question": "Is this image real or AI-generated?\nA. AI-generated\nB. Real", "answer": "B"},
-        {"image_path": ["c.jpg", "d.png"], "question_type": "multi", "type_sec": "Human",
-         "question": "Which image is AI-generated? A: the first B: the second", "answer": "B"},
-        {"image_path": "e.png", "question_type": "single", "type_sec": "Object", "question": "Is it?", "answer": "A"},
-        {"image_path": "f.png", "question_type": "single", "type_sec": "Medicine", "answer": "real"},
-    ]
-    annotations = tmp_path / "loki.json"
-    annotations.write_text(json.dumps(questions))
-    source = {"name": "loki", "annotations": str(annotations), "images": str(tmp_path / "media"), "split": "test",
-              "workers": 0}
-    rows, rejects = read_loki(source)
-    labels = dict(zip(rows["image_path"].str.rsplit("/", n=1).str[1], rows["label"]))
-    assert labels == {"a.png": "fake", "b.png": "real", "c.jpg": "real", "d.png": "fake"}
-    assert dict(zip(rows["image_path"].str[-5:], rows["category"]))["c.jpg"] == "human"
-    pair = [json.loads(o) for o in rows["original"] if "image_index" in json.loads(o)]
-    assert sorted(o["image_index"] for o in pair) == [0, 1] and json.loads(rows["original"].iloc[0])["extra"] == 1
-    reasons = {r["record"]: r["reason"] for r in rejects}
-    assert reasons[f"{annotations}: record 3"].startswith("bad_label: ") and "option A" in reasons[f"{annotations}: record 3"]
-    assert reasons[f"{annotations}: record 4"].startswith("unknown_category: ") and "Medicine" in reasons[f"{annotations}: record 4"]
-    # a configured rule decides what the question text does not
-    rows, rejects = read_loki({**source, "options": {"A": "real", "B": "fake"}, "categories": {"medicine": "human"}})
-    assert rejects == [] and len(rows) == 6
+def _loki_source(root: Path, annotations: Path, **extra) -> dict:
+    """A minimal LOKI source, with the format's defaults from conf as ingestion applies them."""
+    source = {"name": "loki", "format": "loki", "split": "loki", "images": str(root), "annotations": str(annotations)}
+    return with_defaults({**source, **extra, "workers": 0}, load_params("ingestion")["format_defaults"])
 
 
-def test_ddvqa_keys_map_to_frames_in_question_order(tmp_path):
-    frames = tmp_path / "frames"
-    _write(frames, ["Original/071/0000.png", "Original/071/0001.png", "Deepfakes/071_054/0000.png",
-                    "NeuralTextures/033_097/0000.png"])
-    data = {
-        "5_071": {"1": {"question": "Is the mouth natural?", "answer": ["Yes, the lips move naturally with speech."]},
-                  "0": {"question": "Is this real?", "answer": ["Real."]}},
-        "0_071_054": {"0": {"question": "What is wrong?", "answer": ["The face boundary is blurred near the jaw."]}},
-        "6_033_097": {"0": {"question": "Fake?"}},  # no answer
-        "4_999": {"0": {"question": "?", "answer": ["x"]}},  # manipulation id 4 does not exist
-    }
-    annotations = tmp_path / "ddvqa.json"
-    annotations.write_text(json.dumps(data))
-    rows, rejects = read_ddvqa({"name": "dd", "annotations": str(annotations), "images": str(frames), "split": "test",
-                                "workers": 0})
-    by_path = rows.set_index(rows["image_path"].str.split("/frames/").str[1])
-    assert by_path.loc["Original/071/0000.png"].label == "real" and pd.isna(by_path.loc["Original/071/0000.png"].reference_answer)
-    assert by_path.loc["Original/071/0001.png"].reference_answer == "Yes, the lips move naturally with speech."
-    fake = by_path.loc["Deepfakes/071_054/0000.png"]
-    assert (fake.label, fake.category) == ("fake", "deepfake")
-    assert json.loads(fake.original)["manipulation"] == "Deepfakes" and json.loads(fake.original)["qid"] == "0"
-    assert sorted(r["reason"].split(":")[0] for r in rejects) == ["bad_label", "missing_field"]
-    assert any("'4_999'" in r["record"] for r in rejects) and any("'6_033_097' question '0'" in r["record"] for r in rejects)
+def test_loki_as_upstream_ships_it(tmp_path):
+    folder = write_loki(tmp_path)
+    rows, rejects = read_loki(_loki_source(tmp_path, folder))
+    got = {row.image_path.rsplit("/", 1)[1]: (row.label, row.category) for row in rows.itertuples()}
+    assert got == {"a.png": ("fake", "animal"), "b.jpg": ("real", "animal"), "c.JPG": ("real", "scene"),
+                   "d.png": ("fake", "scene"), "e.png": ("fake", "human")}
+    assert rows["id"].is_unique and rows["id"].iloc[0].startswith("loki/loki/media_data/image/")
+    by_image = rows.set_index(rows["image_path"].str.rsplit("/", n=1).str[1])
+    assert (by_image.at["c.JPG", "width"], by_image.at["c.JPG", "height"]) == (9, 7)
+    # every question about an image is kept with it: a.png has 2 true/false, 3 multiple-choice, 1 open-ended
+    questions = json.loads(by_image.at["a.png", "original"])["questions"]
+    assert sorted(q["question_type"] for q in questions) == sorted(
+        ["image_tf_image_fake_ask_fake_animals", "image_tf_image_fake_ask_real_animals", "image_mc_real_from_fake_animals",
+         "image_mc_real_from_fake_animals", "image_mc_fake_from_real_animals", "image_open_ended_vqa"])
+    assert by_image.at["e.png", "reference_answer"] == "This is a fake image. The skin is waxy. The left ear melts into the hair."
+    assert by_image.at["a.png", "reference_answer"] == "This is a fake image. Fur éclat without strands."
+    regions = [q["problems"]["regional"] for q in json.loads(by_image.at["e.png", "original"])["questions"] if "problems" in q]
+    assert regions == [[{"region": [1.5, 2, 3, 4], "desc": "The left ear melts into the hair."}]]
+    assert pd.isna(by_image.at["b.jpg", "reference_answer"])
+    reasons = sorted((r["reason"].split(":")[0], r["record"]) for r in rejects)
+    tf, mc = folder / "true_or_false.json", folder / "multi_choice.json"
+    assert reasons == [("label_conflict", f"{mc}: record 4"), ("label_conflict", f"{tf}: record 12"),
+                       ("no_category", f"{folder / 'open_ended_vqa.json'}: image 'media_data/image/o.png'"),
+                       ("unmapped_category", f"{tf}: image 'media_data/image/m.png'")]
+    assert all(r["reason"].split(": ", 1)[1].startswith(r["record"]) for r in rejects)
+    assert next(r["path"] for r in rejects if r["record"] == f"{tf}: record 12") == "media_data/image/d.png"
+    assert "'medicine'" in next(r["reason"] for r in rejects if r["reason"].startswith("unmapped_category"))
+    # one more category mapped in the source: the others stay mapped
+    rows, rejects = read_loki(_loki_source(tmp_path, folder, categories={"medicine": "human"}))
+    assert dict(zip(rows["image_path"].str[-5:], rows["category"]))["m.png"] == "human" and len(rows) == 6
+
+
+def test_loki_open_ended_alone_takes_categories_from_beside(tmp_path):
+    folder = write_loki(tmp_path)
+    rows, rejects = read_loki(_loki_source(tmp_path, folder / "open_ended_vqa.json"))
+    assert dict(zip(rows["image_path"].str[-5:], rows["category"])) == {"a.png": "animal", "e.png": "human"}
+    assert set(rows["label"]) == {"fake"} and rows["reference_answer"].notna().all()
+    assert [r["reason"].split(":")[0] for r in rejects] == ["no_category"]
+
+
+def _ddvqa_source(annotations: Path, images: Path, **extra) -> dict:
+    source = {"name": "dd", "format": "ddvqa", "split": "ddvqa", "images": str(images), "annotations": str(annotations)}
+    return with_defaults({**source, **extra, "workers": 0}, load_params("ingestion")["format_defaults"])
+
+
+def test_ddvqa_test_set_on_faceforensics_layout(tmp_path):
+    test_set = write_ddvqa(tmp_path / "DQ_FF++")
+    ff = tmp_path / "FaceForensics++"
+    write_ff(ff, ["youtube/c23/images/071/0000.png", "youtube/c23/images/071/0001.png",
+                   "Deepfakes/c23/images/071_054/0000.png", "NeuralTextures/c23/images/033_097/0000.png"])
+    rows, rejects = read_ddvqa(_ddvqa_source(test_set, ff))
+    by_path = rows.set_index(rows["image_path"].str.split("/FaceForensics\\+\\+/").str[1])
+    assert by_path["label"].to_dict() == {"manipulated_sequences/Deepfakes/c23/images/071_054/0000.png": "fake",
+                                          "manipulated_sequences/NeuralTextures/c23/images/033_097/0000.png": "fake",
+                                          "original_sequences/youtube/c23/images/071/0000.png": "real",
+                                          "original_sequences/youtube/c23/images/071/0001.png": "real"}
+    assert set(rows["category"]) == {"deepfake"}
+    real = by_path.loc["original_sequences/youtube/c23/images/071/0001.png"]     # question "1": the second frame
+    assert real.reference_answer == "The person's skin looks real because it has pores and fine hair."
+    assert pd.isna(by_path.loc["original_sequences/youtube/c23/images/071/0000.png"].reference_answer)
+    fake = json.loads(by_path.loc["manipulated_sequences/NeuralTextures/c23/images/033_097/0000.png"].original)
+    assert (fake["manipulation"], fake["manipulation_id"], fake["qid"]) == ("NeuralTextures", 6, "0")
+    reasons = sorted((r["reason"].split(":")[0], r["record"].rsplit("/", 1)[1]) for r in rejects)
+    assert reasons == [("bad_label", "Deepfakes.json: key '4_999'"),
+                       ("image_missing", "Neuraltexture.json: key '6_033_097' question '1'")]   # frame 0001 missing
+    missing = next(r for r in rejects if r["reason"].startswith("image_missing"))
+    assert missing["path"].endswith("manipulated_sequences/NeuralTextures/c23/images/033_097/0001.png")
+
+
+def test_ddvqa_one_file_other_compression_and_numbering(tmp_path):
+    test_set = write_ddvqa(tmp_path / "DQ_FF++")
+    ff = tmp_path / "ff"
+    write_ff(ff, ["NeuralTextures/c40/images/033_097/0001.png", "NeuralTextures/c40/images/033_097/0002.png"])
+    rows, rejects = read_ddvqa(_ddvqa_source(test_set / "Neuraltexture" / "Neuraltexture.json", ff,
+                                             compression="c40", first_frame=1))
+    assert rows["image_path"].str.endswith(("033_097/0001.png", "033_097/0002.png")).all() and len(rows) == 2
+    assert rejects == []
+
+
+def test_ddvqa_split_file_is_refused_with_what_to_pass(tmp_path):
+    root = tmp_path / "DQ_FF++"
+    write_ddvqa(root)
+    rows, rejects = read_ddvqa(_ddvqa_source(root / "split" / "test.json", tmp_path))
+    assert rows.empty and len(rejects) == 1
+    reason = rejects[0]["reason"]
+    assert reason.startswith(f"unreadable_file: {root / 'split' / 'test.json'}: ") and "DQ_FF++/test_set" in reason
 
 
 def test_folder_real_and_fake(tmp_path):
-    _write(tmp_path / "mine", ["real/a.png", "real/sub/b.png", "fake/c.png", "other/d.png"])
+    write_images(tmp_path / "mine", ["real/a.png", "real/sub/b.png", "fake/c.png", "other/d.png"])
     (tmp_path / "mine" / "fake" / "notes.txt").write_text("not an image")
     rows, rejects = read_folder({"name": "mine", "images": str(tmp_path / "mine"), "split": "test",
                                  "category": "scene", "workers": 2})

@@ -97,19 +97,60 @@ def reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
+class UnreadableFile(ValueError):
+    """An annotation file that cannot be read as its format needs; the message starts with its path.
+
+    Ingestion quarantines the file (reason kind `unreadable_file`) and goes on with the rest.
+    """
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+
+
+class MissingFile(UnreadableFile, FileNotFoundError):
+    """An annotation file that does not exist."""
+
+
 def load_json(path: str | Path) -> Any:
-    """A JSON file's content; a missing or broken file raises with the file name and the position."""
+    """A JSON file's content in UTF-8, UTF-16 or UTF-32 (a BOM is allowed: LOKI ships UTF-16 with one).
+
+    A missing or broken file raises UnreadableFile naming the file and the position.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found")
+        raise MissingFile(path, "annotation file not found")
+    data = path.read_bytes()
+    # RFC 8259's encodings, told apart by the BOM or the zero bytes around the first characters
+    encoding = json.detect_encoding(data)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode(encoding)
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON: not UTF-8 text at byte {err.start}") from err
+        raise UnreadableFile(path, f"invalid JSON: not {encoding} text at byte {err.start} "
+                                   "(JSON files must be UTF-8, UTF-16 or UTF-32)") from err
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
+        raise UnreadableFile(path, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
+
+
+def annotation_files(annotations: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The JSON files a source's `annotations` names: a file, a list of files, or every *.json in a
+    folder (recursively, sorted)."""
+    if isinstance(annotations, str | Path):
+        path = Path(annotations)
+        if not path.is_dir():
+            return [path]
+        files = sorted(path.rglob("*.json"))
+        if not files:
+            raise MissingFile(path, "folder holds no *.json annotation file")
+        return files
+    return [file for item in annotations for file in annotation_files(item)]
+
+
+def unreadable(source: str, error: UnreadableFile) -> dict[str, str]:
+    """The quarantine row of an annotation file that could not be read at all."""
+    return reject(source, error.path, error.path, RecordError("unreadable_file", str(error)))
 
 
 def safe_relative(value: Any, where: str, key: str = "image") -> PurePosixPath:
@@ -358,7 +399,8 @@ def parse_records(
         try:
             entries.extend(parse(where, record))
         except RecordError as err:
-            image = record.get("image") if isinstance(record, Mapping) else None
+            # FakeClue names its image `image`, LOKI `image_path`
+            image = record.get("image", record.get("image_path")) if isinstance(record, Mapping) else None
             rejects.append(reject(source, where, image if isinstance(image, str) else "", err))
     return entries, rejects
 
@@ -394,11 +436,15 @@ def finish(
             rejects.append(reject(source, entry.where, path, RecordError(status, f"{entry.where}: {size}: {path}")))
             continue
         rows.append(_row(entry, path, size, digest, source, split))
-    frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).astype(MANIFEST_DTYPES)
-    frame = frame.sort_values(["split", "id"], kind="stable").reset_index(drop=True)
+    frame = manifest_frame(rows).sort_values(["split", "id"], kind="stable").reset_index(drop=True)
     if rejects:
         log.warning("source %s: %d rejected, first: %s", source, len(rejects), rejects[0]["reason"])
     return frame, rejects
+
+
+def manifest_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Manifest rows as a frame with the manifest's columns and dtypes (also when there are none)."""
+    return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).astype(MANIFEST_DTYPES)
 
 
 def _row(entry: Entry, path: str, size: tuple[int, int], digest: str, source: str, split: str) -> dict[str, Any]:
@@ -425,6 +471,6 @@ def _row(entry: Entry, path: str, size: tuple[int, int], digest: str, source: st
 def enumerate_list(data: Any, path: Path, noun: str = "records") -> Iterator[tuple[str, Any]]:
     """(where, record) of a JSON list; anything but a list fails the whole file."""
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of {noun}, got {type(data).__name__}")
+        raise UnreadableFile(path, f"expected a JSON list of {noun}, got {type(data).__name__}")
     for index, record in enumerate(data):
         yield f"{path}: record {index}", record

@@ -1,10 +1,16 @@
 """DD-VQA (ECCV 2024): FaceForensics++ faces with human-written questions and answers.
 
-JSON keyed `"<manipulation id>_<video>" -> {"<qid>": {"question": ..., "answer": [...]}}`. The
-images are not shipped: the authors map the n-th question of a video (in qid order) to its n-th
-extracted frame, so the source names a `frames` pattern with the fields {manipulation} (name,
-e.g. Deepfakes), {manipulation_id}, {video}, {index} (n + `first_frame`, default 0) and {qid},
-default "{manipulation}/{video}/{index:04d}.png", relative to `images`.
+`Reality-Defender/Research-DD-VQA` ships `DQ_FF++/{train_set,test_set}/<Name>/<Name>.json`, each
+keyed `"<manipulation id>_<FF++ video>" -> {"<qid>": {"question": ..., "answer": [...]}}`;
+`annotations` is one of them or a folder of them (`test_set`). `split/*.json` lists FF++ video
+pairs, not questions, and is refused with what to pass instead.
+
+The frames are not shipped: the n-th question of a video (in qid order) goes with its n-th
+extracted frame. `images` is the FaceForensics++ root and `frames` the pattern of a frame below it,
+with the fields {sequences} (`manipulated_sequences/<Method>` or `original_sequences/youtube`, as
+FF++'s extraction script writes them), {manipulation} (FF++'s method name: id 6, DD-VQA's
+"Neuraltexture", is NeuralTextures), {manipulation_id}, {compression} (c23, c40 or raw), {video},
+{index} (n + `first_frame`: 0 for OpenCV's numbering, 1 for ffmpeg's) and {qid}.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from fakevlm.formats.common import (
     Entry,
     Ingested,
     RecordError,
+    UnreadableFile,
+    annotation_files,
     finish,
     load_json,
     open_root,
@@ -27,40 +35,58 @@ from fakevlm.formats.common import (
     reject,
     require,
     safe_relative,
+    unreadable,
     workers_of,
 )
 
-REQUIRED_KEYS = ("images", "annotations", "split")
+REQUIRED_KEYS = ("images", "annotations", "split", "frames", "compression", "first_frame")
+# DD-VQA's manipulation ids (its README) -> FaceForensics++'s folder names
 MANIPULATIONS = {0: "Deepfakes", 1: "Face2Face", 2: "FaceShifter", 3: "FaceSwap", 5: "Original", 6: "NeuralTextures"}
-DEFAULT_FRAMES = "{manipulation}/{video}/{index:04d}.png"
 # An answer is kept as the reference explanation only when it explains: a bare "Yes."/"Fake" is not.
 MIN_EXPLANATION_WORDS = 4
 _KEY = re.compile(r"^(?P<id>\d+)_(?P<video>[^/\\]+)$")
 
 
 def read_ddvqa(source: Mapping[str, Any]) -> Ingested:
-    """Manifest rows and rejects of a DD-VQA file: one row per question, mapped to its frame."""
-    path, name = Path(source["annotations"]), str(source["name"])
-    data = load_json(path)
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a JSON object keyed '<manipulation>_<video>', got {type(data).__name__}")
-    pattern = str(source.get("frames", DEFAULT_FRAMES))
-    first = int(source.get("first_frame", 0))
+    """Manifest rows and rejects of DD-VQA files: one row per question, mapped to its frame.
+
+    A file that cannot be read (or is a split list) is one reject; the other files are still read.
+    """
+    name = str(source["name"])
+    fields = {"compression": str(source["compression"])}
+    pattern, first = str(source["frames"]), int(source["first_frame"])
     entries, rejects = [], []
-    for key, questions in sorted(data.items()):
-        where = f"{path}: key {key!r}"
+    for path in annotation_files(source["annotations"]):
         try:
-            video = _video(key, questions, where)
-        except RecordError as err:
-            rejects.append(reject(name, where, "", err))  # the whole video: no question is usable
+            data = _load(path)
+        except UnreadableFile as err:
+            rejects.append(unreadable(name, err))
             continue
-        items = _questions(path, key, questions)
-        parse = functools.partial(_entry, video=video, pattern=pattern, frames=itertools.count(first))
-        parsed, bad = parse_records(items, parse, name)
-        entries += parsed
-        rejects += bad
+        for key, questions in sorted(data.items()):
+            where = f"{path}: key {key!r}"
+            try:
+                video = _video(key, questions, where) | fields
+            except RecordError as err:
+                rejects.append(reject(name, where, "", err))  # the whole video: no question is usable
+                continue
+            parse = functools.partial(_entry, video=video, pattern=pattern, frames=itertools.count(first))
+            parsed, bad = parse_records(_questions(path, key, questions), parse, name)
+            entries += parsed
+            rejects += bad
     return finish(entries, rejects, open_root(source["images"]), source=name, split=str(source["split"]),
                   workers=workers_of(source))
+
+
+def _load(path: Path) -> Mapping[str, Any]:
+    """One DD-VQA question file; UnreadableFile for anything but its keyed object."""
+    data = load_json(path)
+    if isinstance(data, list):
+        raise UnreadableFile(path, f"a list of {len(data)} items, not DD-VQA questions: DQ_FF++/split/*.json lists "
+                                   "FF++ video pairs; pass DQ_FF++/test_set (or train_set), or one of its "
+                                   "<Name>/<Name>.json files, as `annotations`")
+    if not isinstance(data, Mapping):
+        raise UnreadableFile(path, f"expected a JSON object keyed '<manipulation id>_<video>', got {type(data).__name__}")
+    return data
 
 
 def _video(key: str, questions: Any, where: str) -> dict[str, Any]:
@@ -73,7 +99,10 @@ def _video(key: str, questions: Any, where: str) -> dict[str, Any]:
         raise RecordError("bad_label", f"{where}: unknown manipulation id {manipulation_id}; known: {MANIPULATIONS}")
     if not isinstance(questions, Mapping):
         raise RecordError("not_an_object", f"{where}: expected an object of questions, got {type(questions).__name__}")
-    return {"manipulation_id": manipulation_id, "manipulation": MANIPULATIONS[manipulation_id], "video": match["video"]}
+    manipulation = MANIPULATIONS[manipulation_id]
+    sequences = "original_sequences/youtube" if manipulation == "Original" else f"manipulated_sequences/{manipulation}"
+    return {"manipulation_id": manipulation_id, "manipulation": manipulation, "sequences": sequences,
+            "video": match["video"]}
 
 
 def _questions(path: Path, key: str, questions: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:

@@ -5,8 +5,15 @@ import pytest
 
 from fakevlm.model import FakeVLM
 from fakevlm.baseline import CNNDetector
-from fakevlm.metrics import flatten_metrics
-from fakevlm.pipelines.evaluation.nodes import compute_metrics, evaluate, evaluate_baseline, report_evaluation
+from fakevlm.metrics import flatten_metrics, rouge_l_scores
+from fakevlm.pipelines.evaluation.nodes import (
+    benchmark_splits,
+    compute_metrics,
+    evaluate,
+    evaluate_baseline,
+    predict,
+    report_evaluation,
+)
 
 from ...conftest import QUESTION
 
@@ -93,3 +100,47 @@ def test_flattened_names_are_names_mlflow_accepts(mlflow_store):
     assert flat == {"aspect_coverage.deepfake.lighting_ skin tone _and_ image processing": 0.5}
     with mlflow.start_run():
         mlflow.log_metrics(flat)   # MLflow refuses ',' '(' ')' in a metric name
+
+
+def test_loki_benchmark_scores_explanations_where_loki_gives_them(saved_tiny_model, labelled_images, tmp_path):
+    """A benchmark with `references: source`: verdicts on every image, ROUGE-L/CSS on the explained ones."""
+    params = {"benchmarks": {"loki": {"name": "loki", "references": "source"}, "test": "mini", "train": None},
+              "max_new_tokens": 12, "batch_size": 4}
+    assert benchmark_splits(params) == [("loki", "loki"), ("test", "mini")]
+    rows = []
+    for (i, image, label, answer), reference in zip(labelled_images[:3], ["This is a fake image. The fur melts.", None, None]):
+        image.save(tmp_path / f"{i}.png")
+        rows.append({"id": i, "image_path": str(tmp_path / f"{i}.png"), "category": "animal", "label": label,
+                     "artifact_family": None, "answer": answer, "reference_answer": reference, "split": "loki"})
+    model = FakeVLM.from_pretrained(saved_tiny_model)
+    predictions = predict(model, pd.DataFrame(rows), {**params, "benchmarks": {"loki": params["benchmarks"]["loki"]}},
+                          QUESTION)
+    assert predictions["reference"].tolist()[0] == "This is a fake image. The fur melts."
+    assert predictions["reference"].isna().tolist() == [False, True, True]
+    loki = compute_metrics(predictions)["loki"]
+    assert (loki["n"], loki["n_explained"]) == (3, 1)
+    assert loki["rouge_l"] == pytest.approx(rouge_l_scores(predictions["prediction"][:1].tolist(),
+                                                           ["This is a fake image. The fur melts."])[0])
+    assert loki["per_category"]["animal"]["n_explained"] == 1
+
+
+def test_compute_metrics_text_scores_only_rows_with_a_reference():
+    predictions = pd.DataFrame(
+        {
+            "benchmark": ["loki"] * 4,
+            "prediction": ["This is a fake image. The fur melts.", "This is a real image.", "This is a real image.",
+                           "This is a fake image. The sky is too smooth."],
+            "reference": ["This is a fake image. The fur melts.", None, None, "This is a fake image. Too smooth a sky."],
+            "label": ["fake", "fake", "real", "fake"],
+            "category": ["animal", "animal", "scene", "scene"],
+            "artifact_family": [None] * 4,
+            "predicted_label": ["fake", "real", "real", "fake"],
+            "fake_probability": [0.9, 0.3, 0.2, 0.8],
+        }
+    )
+    loki = compute_metrics(predictions)["loki"]
+    assert (loki["n"], loki["n_explained"], loki["accuracy"]) == (4, 2, 0.75)
+    expected = rouge_l_scores(predictions["prediction"][[0, 3]].tolist(), predictions["reference"][[0, 3]].tolist())
+    assert loki["rouge_l"] == pytest.approx(sum(expected) / 2) and expected[0] == 1.0
+    assert loki["per_category"]["animal"]["rouge_l"] == 1.0 and loki["per_category"]["animal"]["accuracy"] == 0.5
+    assert loki["per_category"]["scene"]["n_explained"] == 1 and 0 < loki["css"] <= 1

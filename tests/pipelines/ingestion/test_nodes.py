@@ -20,6 +20,7 @@ from fakevlm.datasets import FakeClueDataset
 from fakevlm.formats.fakeclue import CATEGORIES, MANIFEST_COLUMNS, PNG_SAVE_ARGS, PROMPT
 from fakevlm.pipelines.ingestion.nodes import build_fakeclue_mini, build_manifest
 
+from ...upstream_formats import write_ddvqa, write_ff, write_loki
 from .conftest import ingestion_params
 
 # every artifact family the config can draw (FakeClue-mini's own families change with its config)
@@ -221,10 +222,36 @@ def test_sources_need_all_keys_and_unique_names(params, other_source):
         build_manifest({}, {**params, "sources": [other_source, other_source]})
 
 
-def test_bad_source_file_surfaces_with_its_path(params, other_source):
-    Path(other_source["annotations"]).write_text("not json")
-    with pytest.raises(ValueError, match="val.json: invalid JSON at line 1, column 1"):
-        build_manifest({}, {**params, "sources": [other_source]})
+def test_unreadable_file_is_quarantined_and_the_run_goes_on(params, other_source):
+    Path(other_source["annotations"]).write_bytes('[{"image": "caf\u00e9.png"}]'.encode("latin-1"))
+    manifest, quarantine, summary = build_manifest({}, {**params, "sources": [other_source]})
+    assert manifest.empty and len(quarantine) == 1 and summary["by_reason"] == {"unreadable_file": 1}
+    row = quarantine.iloc[0]
+    assert row.record == row.path == other_source["annotations"]
+    assert row.reason.startswith(f"unreadable_file: {other_source['annotations']}: invalid JSON: not utf-8 text at byte")
+
+
+def test_loki_and_ddvqa_with_the_minimal_source_config(tmp_path, params):
+    """name, format, split, images and annotations as upstream ships them; the rest comes from conf."""
+    loki_json = write_loki(tmp_path / "LOKI")
+    test_set = write_ddvqa(tmp_path / "DQ_FF++")
+    write_ff(tmp_path / "ff", ["youtube/c23/images/071/0000.png", "youtube/c23/images/071/0001.png",
+                               "Deepfakes/c23/images/071_054/0000.png", "NeuralTextures/c23/images/033_097/0000.png",
+                               "NeuralTextures/c23/images/033_097/0001.png"])
+    sources = [{"name": "loki", "format": "loki", "split": "loki", "images": str(tmp_path / "LOKI"),
+                "annotations": str(loki_json)},
+               {"name": "ddvqa", "format": "ddvqa", "split": "ddvqa", "images": str(tmp_path / "ff"),
+                "annotations": str(test_set)},
+               {"name": "split_by_mistake", "format": "ddvqa", "split": "ddvqa", "images": str(tmp_path / "ff"),
+                "annotations": str(tmp_path / "DQ_FF++" / "split" / "test.json")}]
+    manifest, quarantine, summary = build_manifest({}, {**params, "sources": sources})
+    assert manifest.groupby("source")["label"].value_counts().to_dict() == {
+        ("ddvqa", "fake"): 3, ("ddvqa", "real"): 2, ("loki", "fake"): 3, ("loki", "real"): 2}
+    assert manifest.loc[manifest["source"] == "loki", "image_path"].is_unique
+    assert summary["per_source"]["loki"]["by_reason"] == {"label_conflict": 2, "no_category": 1, "unmapped_category": 1}
+    assert summary["per_source"]["ddvqa"]["by_reason"] == {"bad_label": 1}
+    assert summary["per_source"]["split_by_mistake"]["by_reason"] == {"unreadable_file": 1}
+    assert summary["records_in"] == len(manifest) + len(quarantine) == 10 + 4 + 1 + 1
 
 
 def test_manifest_survives_parquet(tmp_path, params):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,20 @@ log = logging.getLogger(__name__)
 
 def benchmark_splits(params: dict[str, Any]) -> list[tuple[str, str]]:
     """(manifest split, benchmark name) of every configured benchmark, sorted."""
-    return [(split, benchmark) for split, benchmark in sorted(params["benchmarks"].items()) if benchmark is not None]
+    return [(split, _benchmark(value)["name"]) for split, value in sorted(params["benchmarks"].items())
+            if value is not None]
+
+
+def _benchmark(value: str | dict[str, Any]) -> dict[str, Any]:
+    """A benchmark entry as {name, references}: a bare name scores against the manifest's `answer`."""
+    return {"references": "answer", **value} if isinstance(value, dict) else {"name": value, "references": "answer"}
+
+
+def _references(rows: pd.DataFrame, params: dict[str, Any], split: str) -> pd.Series:
+    """Each row's reference text: the annotated `answer`, or with `references: source` the source's own
+    explanation (`reference_answer`, LOKI's open-ended descriptions), missing where it gave none."""
+    column = {"answer": "answer", "source": "reference_answer"}[_benchmark(params["benchmarks"][split])["references"]]
+    return rows[column]
 
 
 def predict(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, Any], question: str) -> pd.DataFrame:
@@ -52,7 +66,7 @@ def predict(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, An
                     "category": rows["category"].to_numpy(),
                     "label": rows["label"].to_numpy(),
                     "artifact_family": rows["artifact_family"].to_numpy(),
-                    "reference": rows["answer"].to_numpy(),
+                    "reference": _references(rows, params, split).to_numpy(),
                     "prediction": answers,
                     "predicted_label": [parse_verdict(a) for a in answers],
                     "fake_probability": fake_probabilities,
@@ -66,12 +80,7 @@ def compute_metrics(predictions: pd.DataFrame) -> dict[str, Any]:
     """Accuracy, F1, ROUGE-L and CSS per benchmark, overall and per category."""
     metrics = {}
     for benchmark, rows in predictions.groupby("benchmark", sort=True):
-        metrics[benchmark] = score(
-            rows["prediction"].tolist(),
-            rows["reference"].tolist(),
-            rows["label"].tolist(),
-            categories=rows["category"].tolist(),
-        )
+        metrics[benchmark] = score_benchmark(rows)
         metrics[benchmark].update(probability_scores(rows["fake_probability"].tolist(), rows["label"].tolist()))
         for category, part in rows.groupby("category", sort=True):
             metrics[benchmark]["per_category"][category].update(
@@ -96,6 +105,22 @@ def compute_metrics(predictions: pd.DataFrame) -> dict[str, Any]:
             metrics[benchmark]["n"],
         )
     return metrics
+
+
+def score_benchmark(rows: pd.DataFrame) -> dict[str, Any]:
+    """score() of one benchmark's predictions: the verdict on every image, ROUGE-L and CSS on those
+    with a reference (all of FakeClue's; LOKI's open-ended ones), counted in `n_explained`."""
+    explained = rows[rows["reference"].notna()]
+    result = score_verdicts(rows["predicted_label"].fillna(UNPARSED).tolist(), rows["label"].tolist(),
+                            rows["category"].tolist())
+    text = score(explained["prediction"].tolist(), explained["reference"].tolist(), explained["label"].tolist(),
+                 categories=explained["category"].tolist()) if len(explained) else {"per_category": {}}
+    scopes = [(result, text), *((part, text["per_category"].get(category, {}))
+                                for category, part in result["per_category"].items())]
+    for scope, scored in scopes:
+        scope.update(rouge_l=scored.get("rouge_l", math.nan), css=scored.get("css", math.nan),
+                     n_explained=scored.get("n", 0))
+    return result
 
 
 def evaluate_baseline(
@@ -183,7 +208,7 @@ def worst_answers(predictions: pd.DataFrame, count: int) -> list[dict[str, Any]]
     ranked = predictions.assign(
         wrong=predictions["predicted_label"] != predictions["label"],
         confidence=(predictions["fake_probability"] - 0.5).abs().fillna(0.5),
-        rouge=rouge_l_scores(predictions["prediction"].tolist(), predictions["reference"].tolist()),
+        rouge=rouge_l_scores(predictions["prediction"].tolist(), predictions["reference"].fillna("").tolist()),
     ).sort_values(["wrong", "confidence", "rouge", "id"], ascending=[False, False, True, True]).head(count)
     return [{**row, "image": _thumbnail(row["image_path"])} for row in ranked.to_dict(orient="records")]
 

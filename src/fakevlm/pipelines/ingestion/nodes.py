@@ -15,7 +15,15 @@ import pandas as pd
 
 from fakevlm import fakeclue_mini
 from fakevlm.formats import READERS
-from fakevlm.formats.common import DEFAULT_WORKERS, MANIFEST_COLUMNS, QUARANTINE_COLUMNS, reason_kind
+from fakevlm.formats.common import (
+    DEFAULT_WORKERS,
+    MANIFEST_COLUMNS,
+    QUARANTINE_COLUMNS,
+    UnreadableFile,
+    manifest_frame,
+    reason_kind,
+    unreadable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +50,8 @@ def build_manifest(
     With no `sources` configured, FakeClue-mini is the one source (format `builtin`).
     """
     configured = params.get("sources") or [{"name": params["fakeclue_mini"]["name"], "format": BUILTIN}]
-    sources = expand_builtin(configured, fakeclue_mini)
+    defaults = params.get("format_defaults") or {}
+    sources = [with_defaults(source, defaults) for source in expand_builtin(configured, fakeclue_mini)]
     _check_sources(sources)
     workers = int(params.get("workers", DEFAULT_WORKERS))
     results = {str(source["name"]): read_source({"workers": workers, **source}) for source in sources}
@@ -102,10 +111,27 @@ def mini_sources(loaded: Mapping[str, Mapping[str, str]], name: str) -> list[dic
     ]
 
 
+def with_defaults(source: Mapping[str, Any], defaults: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A source over its format's defaults; a mapping in both (LOKI's categories) merges key by key,
+    so a source maps one more category without repeating the others."""
+    base = defaults.get(source.get("format"), {}) or {}
+    merged = {key: {**value, **source[key]} for key, value in base.items()
+              if isinstance(value, Mapping) and isinstance(source.get(key), Mapping)}
+    return {**base, **source, **merged}
+
+
 def read_source(source: Mapping[str, Any]) -> tuple[pd.DataFrame, list[dict[str, str]]]:
-    """Manifest rows and rejects of one configured source, through the reader of its format."""
+    """Manifest rows and rejects of one configured source, through the reader of its format.
+
+    An annotation file that cannot be read at all does not stop the run: it is one reject (reason
+    `unreadable_file`, naming the file and why) and the source gives no rows.
+    """
     reader, _ = READERS[source["format"]]
-    rows, rejects = reader(source)
+    try:
+        rows, rejects = reader(source)
+    except UnreadableFile as err:
+        log.error("source %s: %s", source["name"], err)
+        rows, rejects = manifest_frame([]), [unreadable(str(source["name"]), err)]
     log.info("source %s: %d accepted, %d quarantined", source["name"], len(rows), len(rejects))
     return rows, rejects
 
