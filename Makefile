@@ -36,6 +36,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 run: setup  # the run ends by logging where the metrics and the MLflow store are
 	$(BIN)/kedro run
+	# DVC records what the run wrote (its cache filled, dvc.lock unchanged when the outputs match it),
+	# so `dvc status` and `dvc repro` find nothing to do; `git diff dvc.lock` shows what changed.
+	$(BIN)/dvc commit --force --quiet
 
 test: setup browser
 	$(BIN)/python -m pytest
