@@ -126,7 +126,12 @@ def test_ddvqa_test_set_on_faceforensics_layout(tmp_path):
                                           "original_sequences/youtube/c23/images/071/0001.png": "real"}
     assert set(rows["category"]) == {"deepfake"}
     real = by_path.loc["original_sequences/youtube/c23/images/071/0001.png"]     # question "1": the second frame
-    assert real.reference_answer == "The person's skin looks real because it has pores and fine hair."
+    # FakeClue's form: the conf's verdict sentence, then the human answer (of several, the longest
+    # that explains without stating the other verdict)
+    assert real.reference_answer == ("This is a real image. "
+                                     "The person's skin looks real because it has pores and fine hair.")
+    assert by_path.loc["manipulated_sequences/Deepfakes/c23/images/071_054/0000.png"].reference_answer == (
+        "This is a fake image. The image looks fake. The face boundary is blurred near the jaw.")
     assert pd.isna(by_path.loc["original_sequences/youtube/c23/images/071/0000.png"].reference_answer)
     fake = json.loads(by_path.loc["manipulated_sequences/NeuralTextures/c23/images/033_097/0000.png"].original)
     assert (fake["manipulation"], fake["manipulation_id"], fake["qid"]) == ("NeuralTextures", 6, "0")
@@ -164,3 +169,9 @@ def test_folder_real_and_fake(tmp_path):
     assert rows["label"].tolist() == ["fake", "real", "real"] and set(rows["category"]) == {"scene"}
     assert [r["reason"].split(":")[0] for r in rejects] == ["image_undecodable"]
     assert "notes.txt" in rejects[0]["reason"]
+
+
+def test_a_verdict_without_both_labels_is_a_clear_error(tmp_path):
+    folder = write_loki(tmp_path)
+    with pytest.raises(ValueError, match=r"source 'loki': `verdict` must map \['real', 'fake'\] to a sentence"):
+        read_loki(_loki_source(tmp_path, folder, verdict="This is a fake image."))

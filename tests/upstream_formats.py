@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,11 @@ def png(seed: int, size: tuple[int, int] = (12, 10)) -> bytes:
 
 
 def write_images(root: Path, names: list[str]) -> None:
-    for seed, name in enumerate(names):
+    """A different noise picture per name (also across calls: LOKI's images are no FF++ frames), each
+    large enough to pass validation's size checks."""
+    for name in names:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(png(seed))
+        (root / name).write_bytes(png(zlib.crc32(name.encode()), (40, 32)))
 
 
 # LOKI's own question texts (data_json/image/*.json)
@@ -94,7 +97,9 @@ def write_ddvqa(root: Path) -> Path:
                                      "answer": ["The person's skin looks real because it has pores and fine hair."]},
                                "0": {"question": "Does the image looks real/fake?", "answer": ["Real."]}}},
         "Deepfakes": {"0_071_054": {"0": {"question": "Does the image looks real/fake?",
-                                          "answer": ["The image looks fake. The face boundary is blurred near the jaw."]}},
+                                          "answer": ["Fake.", "The eyes look real to me.",   # the other verdict
+                                                     "The image looks fake. The face boundary is blurred near the jaw.",
+                                                     "The face boundary is blurred."]}},
                       "4_999": {"0": {"question": "?", "answer": ["x"]}}},   # id 4: undefined upstream
         "Neuraltexture": {"6_033_097": {"0": {"question": "Does the image looks real/fake?",
                                               "answer": ["The mouth looks fake, its teeth blend together."]},

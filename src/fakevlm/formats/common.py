@@ -181,6 +181,24 @@ def check_category(category: Any, where: str) -> str:
     return category
 
 
+def verdicts_of(source: Mapping[str, Any]) -> Mapping[str, str]:
+    """A source's `verdict`: the sentence for each label that opens the source's own explanations.
+
+    Annotation keeps those explanations as the answers, and validation wants every answer to open
+    as FakeClue's do ("This is a fake image."); LOKI's descriptions and DD-VQA's human answers do not.
+    """
+    verdicts = source["verdict"]
+    if not isinstance(verdicts, Mapping) or not all(isinstance(verdicts.get(label), str) for label in LABEL_NAMES):
+        raise ValueError(f"source {source['name']!r}: `verdict` must map {list(LABEL_NAMES)} to a sentence "
+                         f"(as annotation.verdict does), got {verdicts!r}")
+    return verdicts
+
+
+def explained(verdicts: Mapping[str, str], label: str, explanation: str | None) -> str | None:
+    """A source's own explanation in FakeClue's form: the label's verdict sentence, then the text."""
+    return f"{verdicts[label]} {explanation}" if explanation else None
+
+
 def workers_of(source: Mapping[str, Any]) -> int:
     """How many decoding processes a source asks for (0 or 1: decode in this process)."""
     return int(source.get("workers", DEFAULT_WORKERS))

@@ -11,6 +11,9 @@ with the fields {sequences} (`manipulated_sequences/<Method>` or `original_seque
 FF++'s extraction script writes them), {manipulation} (FF++'s method name: id 6, DD-VQA's
 "Neuraltexture", is NeuralTextures), {manipulation_id}, {compression} (c23, c40 or raw), {video},
 {index} (n + `first_frame`: 0 for OpenCV's numbering, 1 for ffmpeg's) and {qid}.
+
+A question's human answer becomes the frame's reference explanation in FakeClue's form: the
+source's `verdict` sentence for the frame's label, then the answer.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from fakevlm.explanations import contradicts, word_count
 from fakevlm.formats.common import (
     Entry,
     Ingested,
     RecordError,
     UnreadableFile,
     annotation_files,
+    explained,
     finish,
     load_json,
     open_root,
@@ -36,10 +41,11 @@ from fakevlm.formats.common import (
     require,
     safe_relative,
     unreadable,
+    verdicts_of,
     workers_of,
 )
 
-REQUIRED_KEYS = ("images", "annotations", "split", "frames", "compression", "first_frame")
+REQUIRED_KEYS = ("images", "annotations", "split", "frames", "compression", "first_frame", "verdict")
 # DD-VQA's manipulation ids (its README) -> FaceForensics++'s folder names
 MANIPULATIONS = {0: "Deepfakes", 1: "Face2Face", 2: "FaceShifter", 3: "FaceSwap", 5: "Original", 6: "NeuralTextures"}
 # An answer is kept as the reference explanation only when it explains: a bare "Yes."/"Fake" is not.
@@ -54,7 +60,7 @@ def read_ddvqa(source: Mapping[str, Any]) -> Ingested:
     """
     name = str(source["name"])
     fields = {"compression": str(source["compression"])}
-    pattern, first = str(source["frames"]), int(source["first_frame"])
+    pattern, first, verdicts = str(source["frames"]), int(source["first_frame"]), verdicts_of(source)
     entries, rejects = [], []
     for path in annotation_files(source["annotations"]):
         try:
@@ -69,7 +75,8 @@ def read_ddvqa(source: Mapping[str, Any]) -> Ingested:
             except RecordError as err:
                 rejects.append(reject(name, where, "", err))  # the whole video: no question is usable
                 continue
-            parse = functools.partial(_entry, video=video, pattern=pattern, frames=itertools.count(first))
+            parse = functools.partial(_entry, video=video, pattern=pattern, frames=itertools.count(first),
+                                      verdicts=verdicts)
             parsed, bad = parse_records(_questions(path, key, questions), parse, name)
             entries += parsed
             rejects += bad
@@ -118,7 +125,8 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 
 def _entry(
-    where: str, question: dict[str, Any], *, video: dict[str, Any], pattern: str, frames: Iterator[int]
+    where: str, question: dict[str, Any], *, video: dict[str, Any], pattern: str, frames: Iterator[int],
+    verdicts: Mapping[str, str],
 ) -> list[Entry]:
     """The frame of the n-th question; `frames` advances even for a bad question (one frame each)."""
     index = next(frames)
@@ -130,12 +138,18 @@ def _entry(
         frame = pattern.format(**video, index=index, qid=question["qid"])
     except (KeyError, ValueError, IndexError) as err:
         raise RecordError("bad_path", f"{where}: frame pattern {pattern!r} failed: {err}") from err
-    explanations = [a for a in answers if len(a.split()) >= MIN_EXPLANATION_WORDS]
+    label = "real" if video["manipulation"] == "Original" else "fake"
+    # A question has 1-4 answers from different annotators, mostly one observation in other words.
+    # FakeClue's reference is one explanation, and joined they would repeat it, so one is used: the
+    # longest (the most clues; the first of equals) of those that explain and do not state the
+    # other verdict ("The eyes look real." about a fake frame), which would then follow a verdict
+    # sentence it contradicts. All answers stay in `original`.
+    explanations = [a for a in answers if word_count(a) >= MIN_EXPLANATION_WORDS and not contradicts(a, label)]
     return [Entry(
         where=where,
         image=safe_relative(frame, where, "frame"),
-        label="real" if video["manipulation"] == "Original" else "fake",
+        label=label,
         category="deepfake",
         original={**video, **question},
-        reference_answer=explanations[0] if explanations else None,
+        reference_answer=explained(verdicts, label, max(explanations, key=word_count, default=None)),
     )]
