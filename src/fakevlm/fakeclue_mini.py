@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from scipy import ndimage
 
-from fakevlm import networks
+from fakevlm import in_the_wild, networks
 from fakevlm.formats.fakeclue import CATEGORIES, LABEL_CODES, PNG_SAVE_ARGS, PROMPT
 from fakevlm.image_checks import hamming_distances, perceptual_hash
 
@@ -106,6 +106,9 @@ def build(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             eval_hashes += [perceptual_hash(image) for image in images.values()]
         records.sort(key=lambda record: record["image"])
         splits[split] = {"records": records, "images": images}
+    wild = params.get("wild")
+    if wild:  # other sources entirely: nothing in it can be near a training crop
+        splits[wild["split"]] = in_the_wild.build(wild, params["seed"])
     return dict(sorted(splits.items()))
 
 
