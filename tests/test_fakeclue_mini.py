@@ -29,6 +29,7 @@ def mini() -> dict:
     """`ingestion.fakeclue_mini` as Kedro passes it, with tiny counts."""
     params = load_params("ingestion")["fakeclue_mini"]
     params["per_category"] = {"train": 4, "test": 2, "test_heldout": 2, "test_heldout_generator": 2}
+    params["wild"] = None  # tests/test_shortcut_guards.py covers it
     return params
 
 
@@ -116,7 +117,7 @@ def test_oversmoothing_removes_mid_frequencies_but_keeps_png_size(mini):
     detail = crop - ndimage.gaussian_filter(crop, (1.6, 1.6, 0))
     left = faked - ndimage.gaussian_filter(faked, (1.6, 1.6, 0))
     assert np.corrcoef(detail.ravel(), left.ravel())[0, 1] < 0.5  # the photo's own detail is gone
-    assert abs(fakeclue_mini._png_size(faked) / fakeclue_mini._png_size(crop) - 1) < 0.1
+    assert abs(fakeclue_mini.png_size(faked) / fakeclue_mini.png_size(crop) - 1) < 0.1
 
 
 @pytest.mark.parametrize("strength", [0.5, 1.0])
@@ -129,7 +130,7 @@ def test_spectral_falloff_attenuates_high_frequencies_and_adds_a_floor(mini, str
     # the floor near Nyquist: past the dip the spectrum rises again, which a photograph's never does
     bump, real_bump = (band_energy(x, 0.45, 0.72) / band_energy(x, 0.3, 0.4) for x in (faked, crop))
     assert bump > 3 * real_bump
-    assert abs(fakeclue_mini._png_size(faked) / fakeclue_mini._png_size(crop) - 1) < 0.1
+    assert abs(fakeclue_mini.png_size(faked) / fakeclue_mini.png_size(crop) - 1) < 0.1
 
 
 def test_splice_leaves_a_seam_and_changes_only_its_box(mini):
@@ -155,7 +156,7 @@ def test_glyph_garble_breaks_letters_at_slot_borders(mini):
     rest = np.ones(page.shape[:2], dtype=bool)
     rest[top : top + height, left : left + width] = False
     assert np.array_equal(faked[rest], page[rest])
-    assert fakeclue_mini._is_gray(faked)  # a grey page stays grey
+    assert fakeclue_mini.is_gray(faked)  # a grey page stays grey
 
 
 def test_tile_repeat_makes_the_ground_periodic(mini):

