@@ -19,7 +19,8 @@ def test_gpu_env_overrides_only_what_it_states():
     # soft merge: keys the gpu env doesn't state come from base
     assert gpu["training"]["question"] == base["training"]["question"]
     assert gpu["training"]["stages"]["instruction"]["remove_unused_columns"] is False
-    assert gpu["evaluation"]["benchmarks"] == {"test": "fakeclue_test", "test_heldout": None}
+    assert gpu["evaluation"]["benchmarks"] == {
+        "test": "fakeclue_test", "test_heldout": None, "test_heldout_generator": None, "test_wild": None}
     assert [s["name"] for s in gpu["ingestion"]["sources"]] == ["fakeclue_train", "fakeclue_test"]
     assert base["ingestion"]["sources"] == []
     assert gpu["registry"]["benchmark"] == "fakeclue_test"

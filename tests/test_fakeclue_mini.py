@@ -20,6 +20,7 @@ from fakevlm.formats.fakeclue import CATEGORIES, PNG_SAVE_ARGS
 from .conftest import load_params
 
 FAMILIES = set(fakeclue_mini.SIMULATORS)
+NETWORK_FAMILIES = {"realesrgan_x4plus", "realesr_animevideov3_x4", "cyclegan_vintage", "dcgan_face"}
 SIZE = 64
 
 
@@ -27,7 +28,8 @@ SIZE = 64
 def mini() -> dict:
     """`ingestion.fakeclue_mini` as Kedro passes it, with tiny counts."""
     params = load_params("ingestion")["fakeclue_mini"]
-    params["per_category"] = {"train": 4, "test": 2, "test_heldout": 2}
+    params["per_category"] = {"train": 4, "test": 2, "test_heldout": 2, "test_heldout_generator": 2}
+    params["wild"] = None  # tests/test_shortcut_guards.py covers it
     return params
 
 
@@ -115,7 +117,7 @@ def test_oversmoothing_removes_mid_frequencies_but_keeps_png_size(mini):
     detail = crop - ndimage.gaussian_filter(crop, (1.6, 1.6, 0))
     left = faked - ndimage.gaussian_filter(faked, (1.6, 1.6, 0))
     assert np.corrcoef(detail.ravel(), left.ravel())[0, 1] < 0.5  # the photo's own detail is gone
-    assert abs(fakeclue_mini._png_size(faked) / fakeclue_mini._png_size(crop) - 1) < 0.1
+    assert abs(fakeclue_mini.png_size(faked) / fakeclue_mini.png_size(crop) - 1) < 0.1
 
 
 @pytest.mark.parametrize("strength", [0.5, 1.0])
@@ -128,7 +130,7 @@ def test_spectral_falloff_attenuates_high_frequencies_and_adds_a_floor(mini, str
     # the floor near Nyquist: past the dip the spectrum rises again, which a photograph's never does
     bump, real_bump = (band_energy(x, 0.45, 0.72) / band_energy(x, 0.3, 0.4) for x in (faked, crop))
     assert bump > 3 * real_bump
-    assert abs(fakeclue_mini._png_size(faked) / fakeclue_mini._png_size(crop) - 1) < 0.1
+    assert abs(fakeclue_mini.png_size(faked) / fakeclue_mini.png_size(crop) - 1) < 0.1
 
 
 def test_splice_leaves_a_seam_and_changes_only_its_box(mini):
@@ -154,7 +156,7 @@ def test_glyph_garble_breaks_letters_at_slot_borders(mini):
     rest = np.ones(page.shape[:2], dtype=bool)
     rest[top : top + height, left : left + width] = False
     assert np.array_equal(faked[rest], page[rest])
-    assert fakeclue_mini._is_gray(faked)  # a grey page stays grey
+    assert fakeclue_mini.is_gray(faked)  # a grey page stays grey
 
 
 def test_tile_repeat_makes_the_ground_periodic(mini):
@@ -200,36 +202,48 @@ def test_records_describe_their_artifacts_and_origin(mini):
             assert record["artifact"] is None and "/real/" in record["image"]
             continue
         artifact = record["artifact"]
-        assert artifact["family"] in FAMILIES and low <= artifact["strength"] <= high and artifact["region"]
+        if artifact["family"] in NETWORK_FAMILIES:  # a network's whole output, made by a named generator
+            assert artifact["strength"] == 1.0 and artifact["region"] == "the whole image"
+            assert artifact["generator"] == mini["networks"][artifact["family"]]["generator"]
+        else:
+            assert artifact["family"] in FAMILIES and low <= artifact["strength"] <= high and artifact["region"]
+            assert "generator" not in artifact
+        if artifact["family"] in ("face_blend", "dcgan_face"):
+            assert record["cate"] == "deepfake"
         if artifact["family"] == "face_blend":
-            assert record["cate"] == "deepfake" and artifact["region"] == "the face"
+            assert artifact["region"] == "the face"
     def shares(category: str) -> Counter:
         return Counter(r["artifact"]["family"] for r in records if r["artifact"] and r["cate"] == category)
 
-    assert shares("object") == {"checkerboard": 4, "oversmoothing": 4, "splice": 4}  # exact shares
-    assert shares("doc")["glyph_garble"] == 6 and shares("satellite")["tile_repeat"] == 6
-    assert shares("deepfake")["face_blend"] == 6
+    # exact shares
+    assert shares("object") == {"checkerboard": 3, "cyclegan_vintage": 3, "oversmoothing": 2, "realesrgan_x4plus": 2,
+                                "splice": 2}
+    assert shares("doc")["glyph_garble"] == 5 and shares("satellite")["tile_repeat"] == 3
+    assert shares("deepfake")["face_blend"] == 3 and shares("deepfake")["dcgan_face"] == 4
     assert {"glyph_garble", "tile_repeat", "face_blend"}.isdisjoint(shares("object") | shares("animal"))
 
 
-def test_heldout_family_only_in_the_heldout_split(mini):
-    mini["per_category"] = {"train": 24, "test": 8, "test_heldout": 8}
+@pytest.mark.parametrize("split", ["test_heldout", "test_heldout_generator"])
+def test_heldout_family_only_in_the_heldout_split(mini, split):
+    """The held-out simulated family and the held-out real network: each only in its own split."""
+    mini["per_category"] = {"train": 24, "test": 8, "test_heldout": 8, "test_heldout_generator": 8}
     splits = fakeclue_mini.build(mini)
-    heldout = mini["heldout_family"]
-    assert heldout == "spectral_falloff" and mini["heldout_split"] == "test_heldout"
-    for split in ("train", "test"):
-        assert heldout not in {r["artifact"]["family"] for r in splits[split]["records"] if r["artifact"]}
-    records = splits["test_heldout"]["records"]
+    heldout = mini["heldout"][split]
+    assert mini["heldout"] == {"test_heldout": "spectral_falloff", "test_heldout_generator": "realesr_animevideov3_x4"}
+    for other in sorted(set(splits) - {split}):
+        assert heldout not in {r["artifact"]["family"] for r in splits[other]["records"] if r["artifact"]}, other
+    records = splits[split]["records"]
     assert Counter(r["label"] for r in records) == {0: 28, 1: 28}  # half real, half fake
     assert {r["artifact"]["family"] for r in records if r["artifact"]} == {heldout}
     assert {r["cate"] for r in records} == set(CATEGORIES)
 
 
 def test_without_a_heldout_family_every_family_trains(mini):
-    mini["heldout_family"] = None
+    mini["heldout"] = {}
     mini["per_category"] = {"train": 16}
     records = fakeclue_mini.build(mini)["train"]["records"]
-    assert "spectral_falloff" in {r["artifact"]["family"] for r in records if r["artifact"]}
+    trained = {r["artifact"]["family"] for r in records if r["artifact"]}
+    assert {"spectral_falloff", "realesr_animevideov3_x4"} <= trained
 
 
 def test_unknown_family_is_refused(mini):
@@ -239,18 +253,18 @@ def test_unknown_family_is_refused(mini):
 
 
 def test_every_family_has_its_own_wording():
-    """The annotation stage states each simulated family in its own words (conf, not code)."""
+    """The annotation stage states each family, simulated or network, in its own words (conf, not code)."""
     templates = load_params("annotation")["families"]
-    families = load_params("ingestion")["fakeclue_mini"]["families"]
-    configured = {name for weights in families.values() for name in weights}
-    assert configured == FAMILIES
+    mini = load_params("ingestion")["fakeclue_mini"]
+    configured = {name for weights in mini["families"].values() for name in weights}
+    assert configured == FAMILIES | NETWORK_FAMILIES == fakeclue_mini.known_families(mini)
     sentences = {}
-    for family in sorted(FAMILIES):
+    for family in sorted(configured):
         assert family in templates, f"no wording for {family}"
         sentences[family] = templates[family].format(region="a patch in the centre", Region="A patch in the centre",
                                                      strength="clear")
         assert "{" not in sentences[family]
-    assert len(set(sentences.values())) == len(FAMILIES)  # no two families share a sentence
+    assert len(set(sentences.values())) == len(configured)  # no two families share a sentence
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,12 +286,12 @@ def _file_features(split: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def test_file_level_features_stay_near_chance_for_every_family(mini):
-    """A trivial classifier on file-level features stays near chance, on test and on test_heldout."""
-    mini["per_category"] = {"train": 96, "test": 48, "test_heldout": 32}
+    """A trivial classifier on file-level features stays near chance, on test and the held-out splits."""
+    mini["per_category"] = {"train": 96, "test": 48, "test_heldout": 32, "test_heldout_generator": 32}
     splits = fakeclue_mini.build(mini)
     x_train, y_train, _ = _file_features(splits["train"])
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x_train, y_train)
-    for split in ("test", "test_heldout"):
+    for split in ("test", "test_heldout", "test_heldout_generator"):
         x_test, y_test, _ = _file_features(splits[split])
         assert model.score(x_test, y_test) <= 0.65, split
     # per family: its fakes' PNG sizes sit among the real images' of the same categories
@@ -285,7 +299,7 @@ def test_file_level_features_stay_near_chance_for_every_family(mini):
     x_all = np.concatenate([x for x, _, _ in per_split])
     families = [family for _, _, names in per_split for family in names]
     categories = [r["cate"] for content in splits.values() for r in content["records"]]
-    for family in sorted(FAMILIES):
+    for family in sorted(FAMILIES | NETWORK_FAMILIES):
         cats = {c for c, f in zip(categories, families) if f == family}
         fake = np.array([x[0] for x, f in zip(x_all, families) if f == family])
         real = np.array([x[0] for x, f, c in zip(x_all, families, categories) if f == "real" and c in cats])
@@ -303,7 +317,7 @@ def test_build_is_deterministic_to_the_byte(mini):
         return out
 
     first, second = fakeclue_mini.build(mini), fakeclue_mini.build(mini)
-    assert sorted(first) == ["test", "test_heldout", "train"]
+    assert sorted(first) == ["test", "test_heldout", "test_heldout_generator", "train"]
     assert png_bytes(first) == png_bytes(second)
     assert [s["records"] for s in first.values()] == [s["records"] for s in second.values()]
 

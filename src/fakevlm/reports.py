@@ -112,9 +112,11 @@ def render_evaluation_html(metrics: dict[str, Any], figures: dict[str, str], wor
                     _number(baseline.get("per_category", {}).get(cat, {}).get("accuracy")),
                     _number(per["f1"]), _number(per["rouge_l"]), _number(per["css"]), _number(per.get("ece"))]
                    for cat, per in sorted(result["per_category"].items()))),
-            "<h3>Per artifact family (real images as \"real\")</h3>",
-            table(["family", "n", "accuracy"],
-                  ([family, per["n"], _number(per["accuracy"])] for family, per in sorted(result["per_family"].items()))),
+            "<h3>Per generator (its fakes against all real images of the split)</h3>",
+            table(["generator", "fakes", "accuracy", "fake recall", "real recall", "AP", "ROC-AUC"],
+                  ([generator, per["n_fake"], _number(per["accuracy"]), _number(per["fake_accuracy"]),
+                    _number(per["real_accuracy"]), _number(per["average_precision"]), _number(per["roc_auc"])]
+                   for generator, per in sorted(result["per_generator"].items()))),
         ]
     for name, uri in sorted(figures.items()):
         parts.append(f"<h2>{_cell(name)}</h2><img alt=\"{_cell(name)}\" src=\"{html.escape(uri)}\">")

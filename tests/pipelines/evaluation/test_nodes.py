@@ -11,6 +11,7 @@ from fakevlm.pipelines.evaluation.nodes import (
     compute_metrics,
     evaluate,
     evaluate_baseline,
+    per_generator,
     predict,
     report_evaluation,
 )
@@ -83,10 +84,30 @@ def test_compute_metrics_per_benchmark():
     assert metrics["a"]["accuracy"] == 0.5 and metrics["b"]["accuracy"] == 0.5
     assert metrics["b"]["n_unparsed"] == 1
     assert metrics["b"]["n_without_probability"] == 1
-    assert metrics["a"]["per_family"]["splice"]["accuracy"] == 1.0
-    assert metrics["a"]["per_family"]["checkerboard"]["accuracy"] == 0.0
-    assert metrics["b"]["per_family"]["real"]["n"] == 2
+    assert metrics["a"]["per_generator"]["splice"]["fake_accuracy"] == 1.0
+    assert metrics["a"]["per_generator"]["checkerboard"]["fake_accuracy"] == 0.0
+    assert metrics["b"]["per_generator"] == {}  # no fakes: no generator to score
     assert metrics["a"]["per_category"]["doc"]["ece"] == pytest.approx(metrics["a"]["ece"])
+
+
+def test_per_generator_scores_each_generators_fakes_against_all_real_images():
+    predictions = pd.DataFrame({
+        "label": ["real", "real", "real", "fake", "fake", "fake", "fake"],
+        "artifact_family": [None, None, None, "realesrgan_x4plus", "realesrgan_x4plus", "dcgan_face", None],
+        "predicted_label": ["real", "real", "fake", "fake", "fake", "real", None],
+        "fake_probability": [0.1, 0.2, 0.7, 0.9, 0.8, 0.3, float("nan")],
+    })
+    generators = per_generator(predictions)
+    assert sorted(generators) == ["dcgan_face", "realesrgan_x4plus", "unknown"]
+    esrgan, dcgan = generators["realesrgan_x4plus"], generators["dcgan_face"]
+    assert (esrgan["n"], esrgan["n_fake"], dcgan["n"], dcgan["n_fake"]) == (5, 2, 4, 1)
+    # real recall is the split's, each generator's fake recall its own
+    assert esrgan["real_accuracy"] == dcgan["real_accuracy"] == pytest.approx(2 / 3)
+    assert (esrgan["fake_accuracy"], dcgan["fake_accuracy"]) == (1.0, 0.0)
+    assert esrgan["accuracy"] == pytest.approx(4 / 5) and dcgan["accuracy"] == pytest.approx(2 / 4)
+    assert esrgan["roc_auc"] == 1.0 and esrgan["average_precision"] == 1.0
+    assert dcgan["roc_auc"] == pytest.approx(2 / 3)   # ranked above one real of three
+    assert generators["unknown"]["n_unparsed"] == 1 and generators["unknown"]["n_without_probability"] == 1
 
 
 def test_flatten_metrics_keeps_numbers_only():

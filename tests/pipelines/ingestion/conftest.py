@@ -18,7 +18,9 @@ def ingestion_params() -> dict:
 
 @pytest.fixture
 def params() -> dict:
-    """The default ingestion config with tiny counts: 4 train and 2 test images per category."""
+    """The default ingestion config with tiny counts: 4 train and 2 test images per category, and
+    no in-the-wild split (tests/test_shortcut_guards.py covers it)."""
     config = ingestion_params()
     config["fakeclue_mini"]["per_category"] = {"train": 4, "test": 2}
+    config["fakeclue_mini"]["wild"] = None
     return config

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -140,11 +141,11 @@ def test_oversmoothing_removes_detail_but_keeps_the_png_size(params):
                         .resize((64, 64), box=(100, 50, 228, 178)), dtype=np.float32)
     config = params["fakeclue_mini"]["oversmoothing"]
     smoothed = fakeclue_mini.oversmoothing(pixels, 1.0, rng, **config)
-    detail = pixels - fakeclue_mini.ndimage.gaussian_filter(pixels, (1.6, 1.6, 0))
-    left = smoothed - fakeclue_mini.ndimage.gaussian_filter(smoothed, (1.6, 1.6, 0))
+    detail = pixels - ndimage.gaussian_filter(pixels, (1.6, 1.6, 0))
+    left = smoothed - ndimage.gaussian_filter(smoothed, (1.6, 1.6, 0))
     # what remains at high frequency is noise, hardly correlated with the photo's own detail
     assert np.corrcoef(detail.ravel(), left.ravel())[0, 1] < 0.5
-    sizes = [fakeclue_mini._png_size(p) for p in (pixels, smoothed)]
+    sizes = [fakeclue_mini.png_size(p) for p in (pixels, smoothed)]
     assert abs(sizes[1] / sizes[0] - 1) < 0.1
 
 

@@ -1,36 +1,20 @@
-"""FakeClue-mini: a small, offline, deterministic data set in FakeClue's format.
-
-Real images are random crops of photographs that installed packages ship (scikit-image,
-scikit-learn, matplotlib; Tux Paint stamps and xplanet's Blue Marble when those Debian packages
-are installed) plus documents rendered with Pillow's default font. Fakes are other random crops
-passed through an artifact simulator: one small pure function per artifact family, each modelled
-on a trace that the literature finds in generated images. One family is held out of `train` and
-`test` and makes the only fakes of `test_heldout`, to measure generalisation to an unseen
-generator. Every image, real or fake, ends with the same step (sensor-like grain, then lossless
-PNG), so nothing at the file level tells the label. All numbers live in
-`conf/base/parameters_ingestion.yml` (`ingestion.fakeclue_mini`).
-
-This module is pure: `build(params)` returns PIL images and FakeClue records; it writes nothing.
-"""
+"""Simulated artifact families: one small pure function per trace the literature finds in generated
+images, and the simulator calls that give each its parameters, donor pictures and region words."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import io
 import math
-import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image
 from scipy import ndimage
 
-from fakevlm.formats.fakeclue import CATEGORIES, LABEL_CODES, PNG_SAVE_ARGS, PROMPT
-from fakevlm.image_checks import hamming_distances, perceptual_hash
+from fakevlm.fakeclue_mini.pixels import is_gray, match_png_size, noise_shape
+from fakevlm.fakeclue_mini.sources import Photo, draw_crop
 
 WHOLE_IMAGE = "the whole image"
 FACE = "the face"
@@ -43,150 +27,10 @@ PLACES = {
     (2, 0): "the lower left", (2, 1): "the bottom centre", (2, 2): "the lower right",
 }  # fmt: skip
 LINE_WORDS = {0: "near the top", 1: "in the middle", 2: "near the bottom"}  # third of the height
-HELDOUT_SPLIT = "test_heldout"  # validation and evaluation look for this split name
 # Transposed-convolution kernels that up-sample by 2 without artifacts (bilinear), by size, and the
 # crop that aligns the zero-inserted, convolved signal with the input grid.
 _BILINEAR = {3: np.array([0.5, 1.0, 0.5]), 4: np.array([0.25, 0.75, 0.75, 0.25])}
 _TCONV_OFFSET = {3: 2, 4: 1}
-
-
-@dataclass
-class Photo:
-    """A source picture (or a stack, or a recipe for rendered ones) and where it came from."""
-
-    name: str
-    spec: Mapping[str, Any]
-    images: list[Image.Image] = field(default_factory=list)  # empty: rendered per use (documents)
-    files: list[Path] = field(default_factory=list)  # kind folder: files opened per use
-    root: Path = Path()  # the package folder `files` are relative to
-
-
-# --------------------------------------------------------------------------------------------
-# The data set
-# --------------------------------------------------------------------------------------------
-
-def build(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """All splits: `{split: {"records": [record, ...], "images": {record image path: PIL image}}}`.
-
-    Records are sorted by image path; the same params give the same pixels and records. The split
-    named `heldout_split` holds only the held-out family's fakes; every other split never has one.
-    """
-    unknown = set(params["categories"]) - set(CATEGORIES)
-    if unknown:
-        raise ValueError(f"fakeclue_mini: unknown categories {sorted(unknown)}; expected {CATEGORIES}")
-    photos = load_photos(params["photos"], params.get("debian_roots") or {})
-    board = params["checkerboard"]
-    perturbation = checkerboard_perturbation(board["kernel"], board["kernel_seed"], board["texture"])
-    splits: dict[str, dict[str, Any]] = {}
-    # Training splits are drawn last and kept apart from the evaluation splits: a training crop
-    # whose perceptual hash lies within `distinct.distance` bits of an evaluation image is drawn
-    # again (validation's near-duplicate gate uses the same hash), so large training sets can be
-    # made from few source photographs without leaking test images.
-    distinct = params.get("distinct") or {}
-    train_splits = set(distinct.get("train_splits", []))
-    order = sorted(params["per_category"].items(), key=lambda item: (item[0] in train_splits, item[0]))
-    eval_hashes: list[str] = []
-    for split, count in order:
-        records, images = [], {}
-        for category in sorted(params["categories"]):
-            for index in range(int(count)):
-                attempt = 0
-                while True:
-                    record, image = make_example(params, photos, perturbation, split, category, index, attempt)
-                    if split not in train_splits or not eval_hashes or attempt >= distinct["max_attempts"]:
-                        break
-                    if hamming_distances([perceptual_hash(image)], eval_hashes).min() > distinct["distance"]:
-                        break
-                    attempt += 1
-                records.append(record)
-                images[record["image"]] = image
-        if train_splits and split not in train_splits:
-            eval_hashes += [perceptual_hash(image) for image in images.values()]
-        records.sort(key=lambda record: record["image"])
-        splits[split] = {"records": records, "images": images}
-    return dict(sorted(splits.items()))
-
-
-def make_example(
-    params: Mapping[str, Any],
-    photos: Mapping[str, Photo],
-    perturbation: np.ndarray,
-    split: str,
-    category: str,
-    index: int,
-    attempt: int = 0,
-) -> tuple[dict[str, Any], Image.Image]:
-    """One record and its image. Even indices are real, odd ones fake: exactly half and half.
-
-    `attempt` > 0 redraws the image (another crop, same label) when the first was too close to an
-    evaluation image (see `build`).
-    """
-    rng = example_rng(params["seed"], split, category, index, attempt)
-    label = "real" if index % 2 == 0 else "fake"
-    pixels, origin = _draw_crop(params, photos, category, rng)
-    artifact = None
-    if label == "fake":
-        family = family_for(params, split, category, index // 2)
-        lo, hi = params["strength"]
-        strength = round(float(rng.uniform(lo, hi)), 3)
-        scene = Scene(params, photos, category, perturbation)
-        pixels, region = SIMULATORS[family](pixels, strength, rng, scene)
-        artifact = {"family": family, "region": region, "strength": strength}
-    image = finish(pixels, rng, **params["finish"])
-    size = params["image_size"]
-    record = {
-        # FakeClue's tree is <source>/{fake,real}/...; here the category stands in for the source.
-        "image": f"{category}/{label}/{index:04d}.png",
-        "label": LABEL_CODES[label],
-        "cate": category,
-        "width": size,
-        "height": size,
-        "conversations": [{"from": "human", "value": PROMPT}],
-        "artifact": artifact,
-        "origin": origin,
-    }
-    return record, image
-
-
-def example_rng(seed: int, split: str, category: str, index: int, attempt: int = 0) -> np.random.Generator:
-    """A generator per image, so an image does not change when others are added or removed."""
-    key = [int(seed), _code(split), _code(category), int(index)] + ([int(attempt)] if attempt else [])
-    return np.random.default_rng(key)
-
-
-def _code(text: str) -> int:
-    """A stable 32-bit number for a name (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
-
-
-def family_for(params: Mapping[str, Any], split: str, category: str, ordinal: int) -> str:
-    """The family of a category's n-th fake in a split.
-
-    The held-out family (one unseen "generator") is the only family of the held-out split and
-    never appears in any other split, so that split measures generalisation to it.
-    """
-    heldout = params.get("heldout_family")
-    if heldout and split == params.get("heldout_split", HELDOUT_SPLIT):
-        return str(heldout)
-    weights = params["families"].get(category, params["families"]["default"])
-    kept = {name: weight for name, weight in weights.items() if name != heldout}
-    if not kept:
-        raise ValueError(f"fakeclue_mini: category {category!r} has no family besides the held-out {heldout!r}")
-    return _family(kept, ordinal)
-
-
-def _family(weights: Mapping[str, int], ordinal: int) -> str:
-    """Families in exact shares: the n-th fake takes the n-th slot of a weighted cycle."""
-    cycle = [name for name, weight in sorted(weights.items()) for _ in range(int(weight))]
-    unknown = set(cycle) - set(SIMULATORS)
-    if unknown:
-        raise ValueError(f"fakeclue_mini: unknown artifact families {sorted(unknown)}; known: {sorted(SIMULATORS)}")
-    return cycle[ordinal % len(cycle)]
-
-
-# --------------------------------------------------------------------------------------------
-# From a family name to a simulator call: parameters, donor pictures and the region's words
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -200,7 +44,7 @@ class Scene:
 
     def donor(self, rng: np.random.Generator) -> np.ndarray:
         """Another crop of the same category (a second photograph to paste from)."""
-        return _draw_crop(self.params, self.photos, self.category, rng)[0]
+        return draw_crop(self.params, self.photos, self.category, rng)[0]
 
 
 Simulator = Callable[[np.ndarray, float, np.random.Generator, Scene], tuple[np.ndarray, str]]
@@ -435,8 +279,8 @@ def oversmoothing(
     removed = (pixels - smooth).mean(axis=2, keepdims=True)
     local_std = np.sqrt(ndimage.gaussian_filter(removed**2, sigma=(2 * sigma, 2 * sigma, 0), mode="reflect"))
     # uniform on [-1, 1] times sqrt(3) has standard deviation 1
-    unit = rng.uniform(-1.0, 1.0, size=_noise_shape(image)) * math.sqrt(3.0)
-    return _match_png_size(
+    unit = rng.uniform(-1.0, 1.0, size=noise_shape(image)) * math.sqrt(3.0)
+    return match_png_size(
         lambda level: smooth + unit * np.maximum(noise_floor, level * local_std), pixels, noise_range, search_steps
     )
 
@@ -466,9 +310,9 @@ def spectral_falloff(
     corner = high_cut - (high_cut - low_cut) * strength  # strength 1 -> the lowest cutoff
     attenuated = spectral_filter(pixels, 1.0 / (1.0 + (radius / corner) ** (2 * order)))
     in_band = (radius >= floor_band[0]) & (radius <= floor_band[1])
-    floor = spectral_filter(rng.standard_normal(_noise_shape(image)), in_band)
+    floor = spectral_filter(rng.standard_normal(noise_shape(image)), in_band)
     floor /= max(float(floor.std()), 1e-12)
-    return _match_png_size(lambda level: attenuated + level * floor, pixels, noise_range, search_steps)
+    return match_png_size(lambda level: attenuated + level * floor, pixels, noise_range, search_steps)
 
 
 def radial_frequency(size_y: int, size_x: int) -> np.ndarray:
@@ -482,29 +326,6 @@ def spectral_filter(pixels: np.ndarray, gain: np.ndarray) -> np.ndarray:
     """Multiply each channel's spectrum (rfft2 layout) by a real gain and transform back."""
     spectrum = np.fft.rfft2(pixels, axes=(0, 1)) * gain[:, :, None]
     return np.fft.irfft2(spectrum, s=pixels.shape[:2], axes=(0, 1))
-
-
-def _match_png_size(
-    make: Callable[[float], np.ndarray], reference: np.ndarray, level_range: list[float], steps: int
-) -> np.ndarray:
-    """`make(level)` at the level (bisected in `level_range`) whose PNG is as large as the reference's.
-
-    Removing detail makes an image compress better; a file-size shortcut would then tell the
-    label, so each detail-removing family puts back noise until the size matches.
-    """
-    target = _png_size(reference)
-    low, high = level_range
-    for _ in range(steps):  # PNG size grows with the noise level
-        middle = (low + high) / 2
-        low, high = (middle, high) if _png_size(make(middle)) < target else (low, middle)
-    return make((low + high) / 2).astype(np.float32)
-
-
-def _png_size(pixels: np.ndarray) -> int:
-    """Bytes of the pixels as the PNG the writer would store (same settings)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).save(buffer, **PNG_SAVE_ARGS)
-    return buffer.tell()
 
 
 def face_blend(
@@ -654,12 +475,12 @@ def _mix_keeping_contrast(fake: np.ndarray, real: np.ndarray, weight: float) -> 
 def _like(target: np.ndarray, donor: np.ndarray) -> np.ndarray:
     """The donor as float64, made grey when the target is grey (a grey picture stays grey)."""
     donor = donor.astype(np.float64)
-    return donor.mean(axis=2, keepdims=True).repeat(3, axis=2) if _is_gray(target) else donor
+    return donor.mean(axis=2, keepdims=True).repeat(3, axis=2) if is_gray(target) else donor
 
 
 def _colour_gains(target: np.ndarray, shift: float, rng: np.random.Generator) -> np.ndarray:
     """Gains of +-(shift/2 .. shift) per channel (one shared gain for grey targets): a colour cast."""
-    signs = rng.choice([-1.0, 1.0], size=1 if _is_gray(target) else 3)
+    signs = rng.choice([-1.0, 1.0], size=1 if is_gray(target) else 3)
     return 1.0 + shift * signs * rng.uniform(0.5, 1.0, size=signs.shape)
 
 
@@ -674,237 +495,10 @@ def _jpeg_round_trip(pixels: np.ndarray, quality: int) -> np.ndarray:
 
     Grey pixels go through a greyscale JPEG: chroma subsampling would tint them.
     """
-    gray = _is_gray(pixels)
+    gray = is_gray(pixels)
     rounded = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(rounded[:, :, 0] if gray else rounded).save(buffer, format="JPEG", quality=quality)
     buffer.seek(0)
     with Image.open(buffer) as decoded:
         return np.asarray(decoded.convert("RGB"), dtype=np.float64)
-
-
-def finish(pixels: np.ndarray, rng: np.random.Generator, read_sigma: float, shot_gain: float) -> Image.Image:
-    """The last step of every image, real or fake: sensor-like grain, rounding, an RGB image.
-
-    Signal-dependent Gaussian grain (variance read_sigma^2 + shot_gain * level, a Poisson-Gaussian
-    sensor model) gives every image similar noise entropy, so the PNG size cannot tell smooth
-    fakes from detailed reals.
-    """
-    clipped = np.clip(pixels.astype(np.float64), 0.0, 255.0)
-    sigma = np.sqrt(read_sigma**2 + shot_gain * clipped)
-    noisy = clipped + rng.standard_normal(_noise_shape(pixels)) * sigma
-    return Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))  # HxWx3 uint8: RGB
-
-
-def _is_gray(pixels: np.ndarray) -> bool:
-    """True when all three channels are equal: grey pictures stay grey under every step."""
-    return bool(np.all(pixels[:, :, 0] == pixels[:, :, 1]) and np.all(pixels[:, :, 1] == pixels[:, :, 2]))
-
-
-def _noise_shape(pixels: np.ndarray) -> tuple[int, int, int]:
-    """One noise plane for grey pictures (shared by the channels), three for colour ones."""
-    return (pixels.shape[0], pixels.shape[1], 1 if _is_gray(pixels) else 3)
-
-
-# --------------------------------------------------------------------------------------------
-# Source pictures
-# --------------------------------------------------------------------------------------------
-
-# Where Debian packages keep their pictures; `debian_roots` in the params overrides a folder.
-DEBIAN_ROOTS = {
-    "tuxpaint-stamps-default": "/usr/share/tuxpaint/stamps",
-    "xplanet-images": "/usr/share/xplanet/images",
-}
-
-
-def package_data_dir(package: str, debian_roots: Mapping[str, str] | None = None) -> Path:
-    """Where a package keeps its sample pictures; Python packages are found through the package."""
-    roots = {**DEBIAN_ROOTS, **(debian_roots or {})}
-    if package in roots:
-        return Path(roots[package])
-    if package == "skimage":
-        import skimage.data
-
-        return Path(skimage.data.__file__).parent
-    if package == "sklearn":
-        import sklearn.datasets
-
-        return Path(sklearn.datasets.__file__).parent / "images"
-    if package == "matplotlib":
-        import matplotlib
-
-        return Path(matplotlib.get_data_path()) / "sample_data"
-    raise ValueError(f"fakeclue_mini: no known sample-data folder for package {package!r}")
-
-
-def load_photos(
-    specs: Mapping[str, Mapping[str, Any]], debian_roots: Mapping[str, str] | None = None
-) -> dict[str, Photo]:
-    """Every configured picture that is there, as RGB PIL images (documents are rendered per use).
-
-    A spec marked `optional: true` (a Debian package that may not be installed) is left out when
-    its files are missing; a missing required picture is an error.
-    """
-    photos = {}
-    for name, spec in sorted(specs.items()):
-        rendered = spec.get("kind") == "document"  # nothing to read from its package
-        root = Path() if rendered else package_data_dir(spec["package"], debian_roots)
-        if spec.get("optional") and not _present(root, spec):
-            continue
-        photos[name] = Photo(name, spec, _load_images(root, spec), _folder_files(root, spec), root)
-    return photos
-
-
-def _present(root: Path, spec: Mapping[str, Any]) -> bool:
-    """Whether an optional picture (or, for a folder, at least one matching file) exists."""
-    if spec.get("kind") == "folder":
-        return bool(_folder_files(root, spec))
-    return (root / spec["file"]).is_file()
-
-
-def _folder_files(root: Path, spec: Mapping[str, Any]) -> list[Path]:
-    """A folder spec's files: every match of its patterns, sorted, thinned evenly to `count`.
-
-    Sorting and even thinning keep the choice independent of the file system's listing order.
-    """
-    if spec.get("kind") != "folder" or not root.is_dir():
-        return []
-    files = sorted({path for pattern in spec["patterns"] for path in root.glob(pattern) if path.is_file()})
-    count = int(spec.get("count", len(files)))
-    if len(files) > count:
-        files = [files[int(i)] for i in np.linspace(0, len(files) - 1, count).round()]
-    return files
-
-
-def _load_images(root: Path, spec: Mapping[str, Any]) -> list[Image.Image]:
-    """The RGB pictures of one photo spec, by its `kind` (image, stack, dem; document and folder: none)."""
-    kind = spec.get("kind", "image")
-    if kind in ("document", "folder"):  # rendered per use / opened per use
-        return []
-    path = root / spec["file"]
-    if kind == "image":
-        return [_open_rgb(path)]
-    if kind == "stack":  # e.g. lfw_subset.npy: (n, h, w) floats in [0, 1]
-        stack = np.load(path)[: spec["count"]]
-        return [Image.fromarray(np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8)).convert("RGB") for a in stack]
-    if kind == "dem":
-        with np.load(path) as arrays:
-            return [render_terrain(arrays[spec["array"]], spec)]
-    raise ValueError(f"fakeclue_mini: unknown photo kind {kind!r} for {spec['file']}")
-
-
-@functools.lru_cache(maxsize=512)
-def _open_rgb(path: Path) -> Image.Image:
-    """A picture file as RGB (cached: folder pictures are opened when a crop first needs them)."""
-    with Image.open(path) as image:
-        image.load()
-        return _to_rgb(image)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency flattened onto white (how the picture shows on a page)."""
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def render_terrain(elevation: np.ndarray, spec: Mapping[str, Any]) -> Image.Image:
-    """A satellite-like tile: a digital elevation model, hill-shaded and coloured by height."""
-    from matplotlib import colormaps
-    from matplotlib.colors import LightSource
-
-    heights = ndimage.zoom(elevation.astype(np.float64), spec.get("upscale", 1), order=3)
-    light = LightSource(azdeg=spec["azimuth"], altdeg=spec["altitude"])
-    rgba = light.shade(heights, cmap=colormaps[spec["cmap"]], vert_exag=spec["vert_exag"], blend_mode="soft")
-    return Image.fromarray(np.rint(np.clip(rgba[:, :, :3], 0, 1) * 255).astype(np.uint8))
-
-
-def render_document(rng: np.random.Generator, spec: Mapping[str, Any]) -> Image.Image:
-    """A page of lines of random lower-case words in Pillow's default font, dark ink on paper."""
-    width, height = int(rng.integers(*spec["page_width"])), int(rng.integers(*spec["page_height"]))
-    paper, ink = int(rng.integers(*spec["paper"])), int(rng.integers(*spec["ink"]))
-    font_size = int(rng.integers(*spec["font_size"]))
-    font = _font(font_size)
-    page = Image.new("L", (width, height), paper)
-    draw = ImageDraw.Draw(page)
-    margin, top = spec["margin"], spec["margin"]
-    while top + font_size <= height - margin:
-        draw.text((margin, top), _line(rng, font, width - 2 * margin, spec["word_length"]), fill=ink, font=font)
-        top += int(round(font_size * spec["line_spacing"]))
-    return page.convert("RGB")
-
-
-@functools.lru_cache(maxsize=32)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's bundled default font at a size (cached: loading it is the slow part)."""
-    return ImageFont.load_default(size=size)
-
-
-def _line(rng: np.random.Generator, font: Any, max_width: int, word_length: list[int]) -> str:
-    """Random words until the next one would run past the margin."""
-    words: list[str] = []
-    while True:
-        word = "".join(rng.choice(list(string.ascii_lowercase), size=int(rng.integers(*word_length))))
-        if words and font.getlength(" ".join([*words, word])) > max_width:
-            return " ".join(words)
-        words.append(word)
-
-
-def _draw_crop(
-    params: Mapping[str, Any], photos: Mapping[str, Photo], category: str, rng: np.random.Generator
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """A random crop of a random picture of the category, resized: (float32 pixels, origin).
-
-    Pictures of optional packages that are not installed are skipped before the draw, so the
-    random stream (and every image) is the same as with a config that never named them.
-    """
-    names = [name for name in params["categories"][category] if name in photos]
-    if not names:
-        raise ValueError(f"fakeclue_mini: no picture of category {category!r} is available")
-    photo = photos[names[int(rng.integers(len(names)))]]
-    spec = photo.spec
-    file_name = spec.get("file", "")
-    if photo.files:
-        pick = int(rng.integers(len(photo.files)))
-        picture, file_name = _open_rgb(photo.files[pick]), photo.files[pick].relative_to(photo.root).as_posix()
-    elif not photo.images:
-        picture = render_document(rng, params["documents"])
-    elif len(photo.images) == 1:
-        picture = photo.images[0]
-    else:
-        pick = int(rng.integers(len(photo.images)))
-        picture, file_name = photo.images[pick], f"{file_name}[{pick}]"
-    box = _crop_box(picture.size, spec, params["crop"], rng)
-    size = params["image_size"]
-    crop = picture.resize((size, size), resample=Image.Resampling.LANCZOS, box=box)
-    if spec.get("flip", True) and rng.random() < params["crop"]["flip"]:
-        crop = ImageOps.mirror(crop)
-    origin = {
-        "package": spec["package"],
-        "file": file_name,
-        "licence": spec["licence"],
-        "crop": [int(round(box[0])), int(round(box[1])), int(round(box[2] - box[0]))],
-    }
-    return np.asarray(crop, dtype=np.float32), origin
-
-
-def _crop_box(
-    picture_size: tuple[int, int], spec: Mapping[str, Any], crop: Mapping[str, Any], rng: np.random.Generator
-) -> tuple[float, float, float, float]:
-    """A square (left, top, right, bottom) inside the picture: around the face box if it has one."""
-    width, height = picture_size
-    if "face_box" in spec:
-        x0, y0, x1, y1 = spec["face_box"]
-        box_side = max(x1 - x0, y1 - y0)
-        side = box_side * rng.uniform(*crop["face_scale"])
-        shift = crop["face_shift"] * box_side
-        left = (x0 + x1) / 2 + rng.uniform(-shift, shift) - side / 2
-        top = (y0 + y1) / 2 + rng.uniform(-shift, shift) - side / 2
-    else:
-        side = min(width, height) * rng.uniform(*spec.get("crop_scale", crop["scale"]))
-        left, top = rng.uniform(0, width - side), rng.uniform(0, height - side)
-    side = min(side, width, height)
-    left, top = min(max(left, 0.0), width - side), min(max(top, 0.0), height - side)
-    return (left, top, left + side, top + side)

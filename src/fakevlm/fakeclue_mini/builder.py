@@ -1,0 +1,152 @@
+"""The data set: every split's records and images, a family per fake, the held-out splits."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fakevlm import in_the_wild, networks
+from fakevlm.fakeclue_mini.network_families import NETWORK_MAKERS, like_the_crop
+from fakevlm.fakeclue_mini.pixels import finish
+from fakevlm.fakeclue_mini.simulated import SIMULATORS, WHOLE_IMAGE, Scene, checkerboard_perturbation
+from fakevlm.fakeclue_mini.sources import Photo, draw_crop, load_photos
+from fakevlm.formats.fakeclue import CATEGORIES, LABEL_CODES, PROMPT
+from fakevlm.image_checks import hamming_distances, perceptual_hash
+
+
+def build(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """All splits: `{split: {"records": [record, ...], "images": {record image path: PIL image}}}`.
+
+    Records are sorted by image path; the same params give the same pixels and records. Each split
+    named in `heldout` holds only its held-out family's fakes; no other split ever has one.
+    """
+    unknown = set(params["categories"]) - set(CATEGORIES)
+    if unknown:
+        raise ValueError(f"fakeclue_mini: unknown categories {sorted(unknown)}; expected {CATEGORIES}")
+    photos = load_photos(params["photos"], params.get("debian_roots") or {})
+    board = params["checkerboard"]
+    perturbation = checkerboard_perturbation(board["kernel"], board["kernel_seed"], board["texture"])
+    splits: dict[str, dict[str, Any]] = {}
+    # Training splits are drawn last and kept apart from the evaluation splits: a training crop
+    # whose perceptual hash lies within `distinct.distance` bits of an evaluation image is drawn
+    # again (validation's near-duplicate gate uses the same hash), so large training sets can be
+    # made from few source photographs without leaking test images.
+    distinct = params.get("distinct") or {}
+    train_splits = set(distinct.get("train_splits", []))
+    order = sorted(params["per_category"].items(), key=lambda item: (item[0] in train_splits, item[0]))
+    eval_hashes: list[str] = []
+    for split, count in order:
+        records, images = [], {}
+        for category in sorted(params["categories"]):
+            for index in range(int(count)):
+                attempt = 0
+                while True:
+                    record, image = make_example(params, photos, perturbation, split, category, index, attempt)
+                    if split not in train_splits or not eval_hashes or attempt >= distinct["max_attempts"]:
+                        break
+                    if hamming_distances([perceptual_hash(image)], eval_hashes).min() > distinct["distance"]:
+                        break
+                    attempt += 1
+                records.append(record)
+                images[record["image"]] = image
+        if train_splits and split not in train_splits:
+            eval_hashes += [perceptual_hash(image) for image in images.values()]
+        records.sort(key=lambda record: record["image"])
+        splits[split] = {"records": records, "images": images}
+    wild = params.get("wild")
+    if wild:  # other sources entirely: nothing in it can be near a training crop
+        splits[wild["split"]] = in_the_wild.build(wild, params["seed"])
+    return dict(sorted(splits.items()))
+
+
+def make_example(
+    params: Mapping[str, Any],
+    photos: Mapping[str, Photo],
+    perturbation: np.ndarray,
+    split: str,
+    category: str,
+    index: int,
+    attempt: int = 0,
+) -> tuple[dict[str, Any], Image.Image]:
+    """One record and its image. Even indices are real, odd ones fake: exactly half and half.
+
+    `attempt` > 0 redraws the image (another crop, same label) when the first was too close to an
+    evaluation image (see `build`).
+    """
+    rng = example_rng(params["seed"], split, category, index, attempt)
+    label = "real" if index % 2 == 0 else "fake"
+    pixels, origin = draw_crop(params, photos, category, rng)
+    artifact = None
+    if label == "fake":
+        family = family_for(params, split, category, index // 2)
+        lo, hi = params["strength"]
+        strength = round(float(rng.uniform(lo, hi)), 3)
+        scene = Scene(params, photos, category, perturbation)
+        network = (params.get("networks") or {}).get(family)
+        if network is None:
+            pixels, region = SIMULATORS[family](pixels, strength, rng, scene)
+            artifact = {"family": family, "region": region, "strength": strength}
+        else:
+            # a network has no strength knob: its whole output is the fake
+            made = NETWORK_MAKERS[network["make"]](pixels, rng, networks.load_network(network["network"]))
+            pixels = like_the_crop(made, pixels, rng, **params["network_finish"])
+            artifact = {"family": family, "region": WHOLE_IMAGE, "strength": 1.0, "generator": network["generator"]}
+    image = finish(pixels, rng, **params["finish"])
+    size = params["image_size"]
+    record = {
+        # FakeClue's tree is <source>/{fake,real}/...; here the category stands in for the source.
+        "image": f"{category}/{label}/{index:04d}.png",
+        "label": LABEL_CODES[label],
+        "cate": category,
+        "width": size,
+        "height": size,
+        "conversations": [{"from": "human", "value": PROMPT}],
+        "artifact": artifact,
+        "origin": origin,
+    }
+    return record, image
+
+
+def example_rng(seed: int, split: str, category: str, index: int, attempt: int = 0) -> np.random.Generator:
+    """A generator per image, so an image does not change when others are added or removed."""
+    key = [int(seed), _code(split), _code(category), int(index)] + ([int(attempt)] if attempt else [])
+    return np.random.default_rng(key)
+
+
+def _code(text: str) -> int:
+    """A stable 32-bit number for a name (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def family_for(params: Mapping[str, Any], split: str, category: str, ordinal: int) -> str:
+    """The family of a category's n-th fake in a split.
+
+    A held-out family (one unseen "generator") is the only family of its split in `heldout` and
+    never appears in any other split, so that split measures generalisation to it.
+    """
+    heldout = params.get("heldout") or {}
+    if split in heldout:
+        return str(heldout[split])
+    weights = params["families"].get(category, params["families"]["default"])
+    kept = {name: weight for name, weight in weights.items() if name not in heldout.values()}
+    if not kept:
+        raise ValueError(f"fakeclue_mini: category {category!r} has no family besides the held-out {sorted(heldout.values())}")
+    return _family(kept, ordinal, known_families(params))
+
+
+def known_families(params: Mapping[str, Any]) -> set[str]:
+    """The simulated families and the configured network families."""
+    return set(SIMULATORS) | set(params.get("networks") or {})
+
+
+def _family(weights: Mapping[str, int], ordinal: int, known: set[str]) -> str:
+    """Families in exact shares: the n-th fake takes the n-th slot of a weighted cycle."""
+    cycle = [name for name, weight in sorted(weights.items()) for _ in range(int(weight))]
+    unknown = set(cycle) - known
+    if unknown:
+        raise ValueError(f"fakeclue_mini: unknown artifact families {sorted(unknown)}; known: {sorted(known)}")
+    return cycle[ordinal % len(cycle)]
