@@ -348,7 +348,9 @@ def team_mlflow(tmp_path_factory):
                "AWS_MAX_ATTEMPTS": "2"}
         with local_server(command, port, logs / "mlflow-server.log", env=env) as direct:
             tracking = TcpProxy(port)
-            with _environment(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=TEAM["admin"]):
+            with pytest.MonkeyPatch.context() as admin:
+                admin.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+                admin.setenv("MLFLOW_TRACKING_PASSWORD", TEAM["admin"])
                 users = get_app_client("basic-auth", tracking_uri=direct)
                 for user in ("pipeline", "viewer"):
                     users.create_user(user, TEAM[user])
@@ -356,20 +358,6 @@ def team_mlflow(tmp_path_factory):
                                   bucket="team", database=database, log=logs / "mlflow-server.log")
             tracking.down()
             s3.down()
-
-
-@contextlib.contextmanager
-def _environment(**values: str):
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture
