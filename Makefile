@@ -16,13 +16,18 @@ export TRANSFORMERS_OFFLINE := 1
 OMP_WAIT_POLICY ?= PASSIVE
 export OMP_WAIT_POLICY
 
-.PHONY: setup run test browser
+.PHONY: setup run test browser services
 setup: $(VENV)/.installed
 
 # The web page's test drives Debian's Chromium; installed when missing and apt-get is ours to use.
 browser:
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# The team-MLflow tests start Debian's PostgreSQL (initdb, pg_ctl); installed when missing.
+services:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,5 +53,5 @@ run: setup  # the run ends by logging where the metrics and the MLflow store are
 	# so `dvc status` and `dvc repro` find nothing to do; `git diff dvc.lock` shows what changed.
 	$(BIN)/dvc commit --force --quiet
 
-test: setup browser
+test: setup browser services
 	$(BIN)/python -m pytest

@@ -30,3 +30,26 @@ def test_every_stage_has_its_parameters_file():
     for stage in ("ingestion", "annotation", "validation", "training", "evaluation", "registry"):
         assert (PROJECT_ROOT / "conf" / "base" / f"parameters_{stage}.yml").is_file()
         assert stage in parameters("local")
+
+
+
+def test_team_server_credentials_come_from_conf_local(tmp_path, monkeypatch):
+    """kedro-mlflow exports the `server.credentials` key of conf/local/credentials.yml as the
+    environment variables MLflow's client sends to the server."""
+    import os
+    import shutil
+    from types import SimpleNamespace
+
+    from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
+
+    shutil.copytree(PROJECT_ROOT / "conf" / "base", tmp_path / "base")
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "credentials.yml").write_text(
+        "mlflow_credentials:\n  MLFLOW_TRACKING_USERNAME: alice\n  MLFLOW_TRACKING_PASSWORD: secret\n")
+    assert "# mlflow_credentials:" in (PROJECT_ROOT / "conf" / "local" / "credentials.yml.example").read_text()
+    monkeypatch.setattr(os, "environ", {})   # what the export writes stays in this test
+    loader = OmegaConfigLoader(str(tmp_path), env="local", config_patterns={"mlflow": ["mlflow*"]},
+                               **{k: v for k, v in CONFIG_LOADER_ARGS.items() if k != "default_run_env"})
+    config = KedroMlflowConfig(**loader["mlflow"])
+    config._export_credentials(SimpleNamespace(_get_config_credentials=lambda: loader["credentials"]))
+    assert os.environ == {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "secret"}

@@ -2,9 +2,10 @@
 
     fakevlm detect IMAGE_OR_FOLDER... [--model models:/fakevlm@champion | FOLDER] [--json]
     fakevlm serve [--model models:/fakevlm@champion | FOLDER] [--host 127.0.0.1] [--port 8000]
-    fakevlm registry rollback | promote VERSION
+    fakevlm registry rollback | promote VERSION | unlock
 
-The MLflow store is $MLFLOW_TRACKING_URI, else the project's sqlite:///mlflow.db.
+The MLflow store is $MLFLOW_TRACKING_URI, else the project's sqlite:///mlflow.db; a server with
+authentication reads $MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"    # conf/base/mlflow.yml's default
 DEFAULT_QUESTION = "Does the image looks real/fake?"   # FakeClue's prompt; the registry's model carries its own
 DEFAULT_MAX_NEW_TOKENS = 128   # conf/base/parameters_registry.yml's; a registered model carries its own
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-REGISTRY = {"model_name": "fakevlm", "champion_alias": "champion", "previous_alias": "previous"}
+# conf/base/parameters_registry.yml's; a hand-made move waits less for a run's promotion than a run does
+REGISTRY = {"model_name": "fakevlm", "champion_alias": "champion", "previous_alias": "previous", "lock_wait_s": 60,
+            "lock_poll_s": 1.0}
 # What reading a user's file may raise; PIL's decompression-bomb warning counts when it is made an error (`serve`)
 
 
@@ -63,8 +66,12 @@ def load_detector(model: str) -> Detector:
         return Detector(FakeVLM.from_pretrained(model), DEFAULT_QUESTION, DEFAULT_MAX_NEW_TOKENS)
     import mlflow
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
-    wrapped = mlflow.pyfunc.load_model(model).unwrap_python_model()
+    from fakevlm.registry import server_failures
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    mlflow.set_tracking_uri(uri)
+    with server_failures(uri, f"loading {model}"):
+        wrapped = mlflow.pyfunc.load_model(model).unwrap_python_model()
     return Detector(wrapped.fakevlm, wrapped.question, wrapped.max_new_tokens)
 
 
@@ -122,16 +129,19 @@ def registry(args: argparse.Namespace) -> int:
     import mlflow
     from mlflow import MlflowClient
 
-    from fakevlm.registry import move_champion, rollback
+    from fakevlm.registry import promote, rollback, server_failures, unlock
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     params = dict(REGISTRY, model_name=args.name)
-    if args.action == "rollback":
-        record = rollback(client, args.name, params)
-    else:
-        replaced = move_champion(client, args.name, args.version, params)
-        record = {"model_name": args.name, "champion": args.version, "previous": replaced, "action": "promote"}
+    with server_failures(uri, f"{args.action} of model {args.name!r}"):
+        if args.action == "rollback":
+            record = rollback(client, args.name, params)
+        elif args.action == "unlock":
+            record = unlock(client, args.name)
+        else:
+            record = promote(client, args.name, args.version, params)
     print(json.dumps(record))
     return 0
 
@@ -154,15 +164,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     web.add_argument("--max-batch", type=int, default=16, help="most images in one /detect request, answered as one batch")
     web.add_argument("--max-upload-mb", type=float, default=20, help="largest request body, in MB (default 20)")
     web.set_defaults(handler=serve)
-    reg = commands.add_parser("registry", help="move the champion alias by hand")
-    reg.add_argument("action", choices=["rollback", "promote"])
+    reg = commands.add_parser("registry", help="move the champion alias by hand, or release the promotion lock "
+                                                "a dead run left")
+    reg.add_argument("action", choices=["rollback", "promote", "unlock"])
     reg.add_argument("version", nargs="?", help="the version to promote")
     reg.add_argument("--name", default=REGISTRY["model_name"])
     reg.set_defaults(handler=registry)
     args = parser.parse_args(argv)
     if args.command == "registry" and args.action == "promote" and not args.version:
         parser.error("registry promote needs a VERSION")
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except RuntimeError as error:
+        from fakevlm.registry import RegistryError   # loaded by then: only MLflow's steps raise it
+
+        if isinstance(error, RegistryError):
+            parser.exit(2, f"fakevlm: error: {error}\n")
+        raise
 
 
 if __name__ == "__main__":

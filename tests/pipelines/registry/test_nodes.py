@@ -21,15 +21,16 @@ def metrics_with(accuracy, f1=0.5, doc=0.5):
                                    "baseline_cnn": {"accuracy": 0.99}}}
 
 
-def aliases(client):
-    return {alias: str(client.get_model_version_by_alias("fakevlm", alias).version)
+def aliases(client, name="fakevlm"):
+    return {alias: str(client.get_model_version_by_alias(name, alias).version)
             for alias in ("champion", "challenger", "previous")
-            if alias in client.get_registered_model("fakevlm").aliases}
+            if alias in client.get_registered_model(name).aliases}
 
 
-def registrar(model_dir, labelled_images, tmp_path):
-    """register(metrics, data=manifest): the registry node on the tiny model and a one-image split."""
-    params = load_params("registry")
+def registrar(model_dir, labelled_images, tmp_path, name="fakevlm"):
+    """register(metrics, data=manifest): the registry node on the tiny model and a one-image split,
+    registering model `name`."""
+    params = {**load_params("registry"), "model_name": name}
     image_path = tmp_path / "example.png"
     labelled_images[0][1].save(image_path)
     manifest = pd.DataFrame({"id": ["a"], "image_path": [str(image_path)], "sha256": ["00"], "label": ["fake"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tempfile
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from fakevlm.formats import open_image
 from fakevlm.metrics import flatten_metrics
 from fakevlm.model import FakeVLM
 from fakevlm.pipelines.evaluation.nodes import compute_metrics, predict
-from fakevlm.registry import log_and_register, promote_if_better
+from fakevlm.registry import RUN_METRIC_PREFIX, log_model_artifacts, promote_if_better, server_failures
 from fakevlm.training import split_rows
 
 
@@ -64,16 +65,25 @@ def register_model(
         example = image.convert("RGB")
     # kedro-mlflow opens one run per `kedro run`; outside it (a notebook, a test) open our own
     started = mlflow.active_run() is None
+    uri = mlflow.get_tracking_uri()
     if started:
-        mlflow.start_run(run_name="registry")
+        with server_failures(uri, "starting a run"):
+            mlflow.start_run(run_name="registry")
     try:
-        version = log_and_register(fakevlm_model.source_dir, params["model_name"], question, params["max_new_tokens"], example)
-        decision = promote_if_better(MlflowClient(), params["model_name"], version, scalar_metrics, data_hash, params,
-                                     champion_scorer(validated_manifest, params, evaluation, question))
-        decision["benchmark"] = params["benchmark"]
-        decision["run_id"] = mlflow.active_run().info.run_id
-        mlflow.log_dict(decision, "registry_decision.json")
-    finally:
-        if started:
-            mlflow.end_run()
+        with server_failures(uri, "storing the model's artifacts; nothing was registered"):
+            model_uri = log_model_artifacts(fakevlm_model.source_dir, question, params["max_new_tokens"], example)
+            mlflow.log_metrics({f"{RUN_METRIC_PREFIX}{params['benchmark']}.{k}": v for k, v in scalar_metrics.items()})
+        with server_failures(uri, f"registering and promoting model {params['model_name']!r}"):
+            decision = promote_if_better(MlflowClient(), model_uri, scalar_metrics, data_hash, params,
+                                         champion_scorer(validated_manifest, params, evaluation, question))
+            decision["benchmark"] = params["benchmark"]
+            decision["run_id"] = mlflow.active_run().info.run_id
+            mlflow.log_dict(decision, "registry_decision.json")
+    except BaseException:
+        if started:   # the server may be gone: ending the run must not hide why it failed
+            with contextlib.suppress(Exception):
+                mlflow.end_run("FAILED")
+        raise
+    if started:
+        mlflow.end_run()
     return decision
