@@ -151,7 +151,7 @@ def test_several_reasons_are_joined(manifest, params):
     _, quarantine = check_manifest(manifest, params)
     assert quarantine["reason"].tolist() == [
         "category 'vehicle' is not one of animal, human, object, scene, satellite, doc, deepfake; "
-        "split 'holdout' is not one of train, val, test, test_heldout, loki, ddvqa"
+        "split 'holdout' is not one of train, val, test, test_heldout, test_heldout_generator, test_wild, loki, ddvqa"
     ]
 
 
