@@ -3,6 +3,7 @@
     fakevlm detect IMAGE_OR_FOLDER... [--model models:/fakevlm@champion | FOLDER] [--json]
     fakevlm serve [--model models:/fakevlm@champion | FOLDER] [--host 127.0.0.1] [--port 8000]
     fakevlm registry rollback | promote VERSION
+    fakevlm deploy argo | kfp [--env gpu] [--by stage|node] [--output FILE]
 
 The MLflow store is $MLFLOW_TRACKING_URI, else the project's sqlite:///mlflow.db.
 """
@@ -136,6 +137,21 @@ def registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def deploy(args: argparse.Namespace) -> int:
+    from fakevlm import deploy as specs
+
+    project = Path.cwd()
+    if args.spec == "mlflow-run":
+        text = specs.start_mlflow_run(project, args.env, args.run_name)
+    else:
+        text = (specs.argo_yaml if args.spec == "argo" else specs.kfp_yaml)(project, args.env, args.by)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fakevlm", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     reg.add_argument("version", nargs="?", help="the version to promote")
     reg.add_argument("--name", default=REGISTRY["model_name"])
     reg.set_defaults(handler=registry)
+    spec = commands.add_parser("deploy", help="the orchestrator spec of the pipelines (run in the project folder)",
+                               description="argo: an Argo Workflow; kfp: a Kubeflow pipeline; mlflow-run: (the "
+                                           "workflow's first step) start its MLflow run and write the run's id")
+    spec.add_argument("spec", choices=["argo", "kfp", "mlflow-run"])
+    spec.add_argument("--env", default="gpu", help="the Kedro environment of every step (default gpu)")
+    spec.add_argument("--by", choices=["stage", "node"], default="stage", help="a step per stage (default) or per node")
+    spec.add_argument("--run-name", default="fakevlm-workflow", help="mlflow-run: the run's name")
+    spec.add_argument("--output", help="write it to this file (default: standard output)")
+    spec.set_defaults(handler=deploy)
     args = parser.parse_args(argv)
     if args.command == "registry" and args.action == "promote" and not args.version:
         parser.error("registry promote needs a VERSION")
