@@ -142,10 +142,11 @@ def deploy(args: argparse.Namespace) -> int:
 
     project = Path.cwd()
     if args.spec == "mlflow-run":
-        text = specs.start_mlflow_run(project, args.env, args.run_name)
+        text = specs.start_mlflow_run(project, args.env)
     else:
         text = (specs.argo_yaml if args.spec == "argo" else specs.kfp_yaml)(project, args.env, args.by)
-    if args.output:
+    if args.output:   # an orchestrator's output path, whose folder may not exist yet (KFP's)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)
     else:
         print(text, end="")
@@ -181,7 +182,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec.add_argument("spec", choices=["argo", "kfp", "mlflow-run"])
     spec.add_argument("--env", default="gpu", help="the Kedro environment of every step (default gpu)")
     spec.add_argument("--by", choices=["stage", "node"], default="stage", help="a step per stage (default) or per node")
-    spec.add_argument("--run-name", default="fakevlm-workflow", help="mlflow-run: the run's name")
     spec.add_argument("--output", help="write it to this file (default: standard output)")
     spec.set_defaults(handler=deploy)
     args = parser.parse_args(argv)

@@ -4,7 +4,8 @@ A step runs `kedro run --pipelines STAGE --env ENV` (or one node: `--nodes NODE`
 image; a step follows the steps that write the datasets it reads. Steps whose nodes are tagged
 `gpu` ask for GPUs. Every step mounts one data volume on the image's data folder, and logs to one
 MLflow run: the workflow's first step (`fakevlm deploy mlflow-run`) creates it, and each step
-joins it through MLFLOW_RUN_ID, which MLflow's start_run (so kedro-mlflow's) resumes.
+joins it through MLFLOW_RUN_ID, which MLflow's start_run (so kedro-mlflow's) resumes, and keeps
+its name through MLFLOW_RUN_NAME.
 """
 
 # no `from __future__ import annotations`: KFP reads the components' annotations as types
@@ -16,6 +17,8 @@ import yaml
 
 GPU_TAG = "gpu"
 MLFLOW_RUN_STEP = "mlflow-run"
+# What `kedro run` names its run (the pipeline's name); each step keeps it (conf/base/mlflow.yml)
+RUN_NAME = "__default__"
 
 
 class Step(NamedTuple):
@@ -65,7 +68,8 @@ def steps(project: Path, env: str, by: str = "stage") -> list[Step]:
 def argo_workflow(project: Path, env: str, by: str = "stage") -> dict[str, Any]:
     """An Argo Workflow: a DAG of the steps, the image and the MLflow server as workflow parameters."""
     deploy = load_config(project, env, "parameters")["deploy"]
-    environment = [{"name": "MLFLOW_TRACKING_URI", "value": "{{workflow.parameters.mlflow-tracking-uri}}"}]
+    environment = [{"name": "MLFLOW_TRACKING_URI", "value": "{{workflow.parameters.mlflow-tracking-uri}}"},
+                   {"name": "MLFLOW_RUN_NAME", "value": RUN_NAME}]
     mounts = [{"name": "data", "mountPath": deploy["data_mount_path"]}]
     run_id_file = "/tmp/mlflow-run-id"
     templates = [{
@@ -117,13 +121,13 @@ def kfp_pipeline(project: Path, env: str, by: str = "stage"):
     @dsl.container_component
     def mlflow_run(mlflow_tracking_uri: str, run_id: dsl.OutputPath(str)):
         return dsl.ContainerSpec(image=image, command=[
-            "env", dsl.ConcatPlaceholder(["MLFLOW_TRACKING_URI=", mlflow_tracking_uri]),
+            "env", dsl.ConcatPlaceholder(["MLFLOW_TRACKING_URI=", mlflow_tracking_uri]), f"MLFLOW_RUN_NAME={RUN_NAME}",
             "fakevlm", "deploy", "mlflow-run", "--env", env, "--output", run_id])
 
     def kedro_run(step: Step):
         def component(mlflow_tracking_uri: str, mlflow_run_id: str):
             return dsl.ContainerSpec(image=image, command=[
-                "env", dsl.ConcatPlaceholder(["MLFLOW_TRACKING_URI=", mlflow_tracking_uri]),
+                "env", dsl.ConcatPlaceholder(["MLFLOW_TRACKING_URI=", mlflow_tracking_uri]), f"MLFLOW_RUN_NAME={RUN_NAME}",
                 dsl.ConcatPlaceholder(["MLFLOW_RUN_ID=", mlflow_run_id]),
                 "kedro", "run", *step.kedro_args, "--env", env])
 
@@ -166,7 +170,7 @@ def kfp_yaml(project: Path, env: str, by: str = "stage") -> str:
         return path.read_text()
 
 
-def start_mlflow_run(project: Path, env: str, run_name: str) -> str:
+def start_mlflow_run(project: Path, env: str) -> str:
     """The workflow's MLflow run, in the experiment `kedro run` logs to; its id."""
     import mlflow
 
@@ -175,6 +179,6 @@ def start_mlflow_run(project: Path, env: str, run_name: str) -> str:
     name = config["tracking"]["experiment"]["name"]
     # created as a server makes it (artifacts proxied), not at the local artifact_location of mlflow.yml
     experiment = mlflow.get_experiment_by_name(name) or mlflow.get_experiment(mlflow.create_experiment(name))
-    run = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=run_name,
+    run = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=RUN_NAME,
                                            tags={"fakevlm.workflow": "true", "kedro.env": env})
     return run.info.run_id
