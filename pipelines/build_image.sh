@@ -2,8 +2,9 @@
 # `make image`: the project's image (pipelines/Dockerfile), tagged $IMAGE, on a machine with Docker
 # Hub (a plain build) or on one with only Debian's packages and PyPI: it starts a private dockerd
 # when none answers (pipelines/dockerd.sh, stopped at the end), and when $BASE_IMAGE cannot be
-# pulled it makes a Debian bookworm base with Python 3.11 by debootstrap. Every wheel is downloaded
-# on the host into build/wheelhouse first, so nothing in the build needs the network.
+# pulled it makes a Debian bookworm base with Python 3.11 and g++ (see the Dockerfile) by
+# debootstrap. Every wheel is downloaded on the host into build/wheelhouse first, so nothing in
+# the build needs the network.
 # An image whose inputs have not changed is kept (label fakevlm.inputs).
 #   IMAGE (fakevlm:latest)  BASE_IMAGE (python:3.11-slim)  TORCH_SPEC (torch==2.13.0+cpu)
 #   TORCH_INDEX: an extra index for torch, e.g. https://download.pytorch.org/whl/cpu or .../cu128
@@ -14,7 +15,7 @@ IMAGE=${IMAGE:-fakevlm:latest}
 BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0+cpu}
 PYTHON=${PYTHON:-python3}
-LOCAL_BASE=fakevlm-base:bookworm-python3.11
+LOCAL_BASE=fakevlm-base:bookworm
 WHEELHOUSE=build/wheelhouse
 STATE=${DOCKER_STATE:-/var/tmp/fakevlm-docker}
 export DOCKER_STATE=$STATE
@@ -43,7 +44,7 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && ! timeout 60 docker p
     rootfs="$STATE/rootfs"
     rm -rf "$rootfs"
     log "no registry: making $LOCAL_BASE with debootstrap from $mirror"
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror" >"$STATE/debootstrap.log"
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,g++,ca-certificates bookworm "$rootfs" "$mirror" >"$STATE/debootstrap.log"
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
     tar -C "$rootfs" -c . | docker import -c 'CMD ["python3"]' -c 'ENV LANG=C.UTF-8' - "$LOCAL_BASE" >/dev/null
     rm -rf "$rootfs"
