@@ -3,6 +3,9 @@ ones are the generator's output, and the Argo spec is one Argo accepts."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -83,3 +86,9 @@ def test_every_step_joins_the_workflows_mlflow_run():
         assert container["command"] == ["kedro", "run", "--pipelines", stage, "--env", "gpu"]
         assert {"name": "MLFLOW_RUN_ID", "value": "{{inputs.parameters.mlflow-run-id}}"} in container["env"]
         assert container["volumeMounts"] == [{"name": "data", "mountPath": "/app/data"}]
+
+
+def test_fakevlm_deploy_prints_the_spec_alone():
+    result = subprocess.run([sys.executable, "-m", "fakevlm.console", "deploy", "argo", "--env", "gpu"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout == COMMITTED["argo"].read_text()   # Kedro's log goes to the standard error

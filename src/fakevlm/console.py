@@ -11,6 +11,7 @@ The MLflow store is $MLFLOW_TRACKING_URI, else the project's sqlite:///mlflow.db
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -141,10 +142,11 @@ def deploy(args: argparse.Namespace) -> int:
     from fakevlm import deploy as specs
 
     project = Path.cwd()
-    if args.spec == "mlflow-run":
-        text = specs.start_mlflow_run(project, args.env)
-    else:
-        text = (specs.argo_yaml if args.spec == "argo" else specs.kfp_yaml)(project, args.env, args.by)
+    with contextlib.redirect_stdout(sys.stderr):   # Kedro's log, so that the standard output is the spec alone
+        if args.spec == "mlflow-run":
+            text = specs.start_mlflow_run(project, args.env)
+        else:
+            text = (specs.argo_yaml if args.spec == "argo" else specs.kfp_yaml)(project, args.env, args.by)
     if args.output:   # an orchestrator's output path, whose folder may not exist yet (KFP's)
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)
