@@ -53,5 +53,16 @@ run: setup  # the run ends by logging where the metrics and the MLflow store are
 	# so `dvc status` and `dvc repro` find nothing to do; `git diff dvc.lock` shows what changed.
 	$(BIN)/dvc commit --force --quiet
 
-test: setup browser services
+test: setup browser services image
 	$(BIN)/python -m pytest
+
+.PHONY: image docker
+# The project's image, as pipelines/build_image.sh builds it (kept when its inputs have not changed);
+# the container test runs the pipeline in it.
+image: setup docker
+	PYTHON=$(BIN)/python pipelines/build_image.sh
+
+# Debian's Docker daemon and debootstrap, installed when missing and apt-get is ours to use.
+docker:
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null; }

@@ -3,6 +3,7 @@
     fakevlm detect IMAGE_OR_FOLDER... [--model models:/fakevlm@champion | FOLDER] [--json]
     fakevlm serve [--model models:/fakevlm@champion | FOLDER] [--host 127.0.0.1] [--port 8000]
     fakevlm registry rollback | promote VERSION | unlock
+    fakevlm deploy argo | kfp [--env gpu] [--by stage|node] [--output FILE]
 
 The MLflow store is $MLFLOW_TRACKING_URI, else the project's sqlite:///mlflow.db; a server with
 authentication reads $MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD.
@@ -11,6 +12,7 @@ authentication reads $MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -146,6 +148,23 @@ def registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def deploy(args: argparse.Namespace) -> int:
+    from fakevlm import deploy as specs
+
+    project = Path.cwd()
+    with contextlib.redirect_stdout(sys.stderr):   # Kedro's log, so that the standard output is the spec alone
+        if args.spec == "mlflow-run":
+            text = specs.start_mlflow_run(project, args.env)
+        else:
+            text = (specs.argo_yaml if args.spec == "argo" else specs.kfp_yaml)(project, args.env, args.by)
+    if args.output:   # an orchestrator's output path, whose folder may not exist yet (KFP's)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fakevlm", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     reg.add_argument("version", nargs="?", help="the version to promote")
     reg.add_argument("--name", default=REGISTRY["model_name"])
     reg.set_defaults(handler=registry)
+    spec = commands.add_parser("deploy", help="the orchestrator spec of the pipelines (run in the project folder)",
+                               description="argo: an Argo Workflow; kfp: a Kubeflow pipeline; mlflow-run: (the "
+                                           "workflow's first step) start its MLflow run and write the run's id")
+    spec.add_argument("spec", choices=["argo", "kfp", "mlflow-run"])
+    spec.add_argument("--env", default="gpu", help="the Kedro environment of every step (default gpu)")
+    spec.add_argument("--by", choices=["stage", "node"], default="stage", help="a step per stage (default) or per node")
+    spec.add_argument("--output", help="write it to this file (default: standard output)")
+    spec.set_defaults(handler=deploy)
     args = parser.parse_args(argv)
     if args.command == "registry" and args.action == "promote" and not args.version:
         parser.error("registry promote needs a VERSION")

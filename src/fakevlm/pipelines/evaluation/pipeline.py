@@ -18,6 +18,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  "params:training.question"],
                 ["predictions", "metrics", "evaluation_mlflow_metrics"],
                 name="evaluate",
+                tags=["gpu"],  # its step asks the cluster for GPUs (fakevlm.deploy)
             ),
             Node(
                 report_evaluation,

@@ -11,6 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["validated_manifest", "params:training"],
                 ["fakevlm_model", "training_history", "training_mlflow_metrics"],
                 name="train_fakevlm",
+                tags=["gpu"],  # its step asks the cluster for GPUs (fakevlm.deploy)
             ),
             Node(
                 train_baseline,
