@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 OMP_WAIT_POLICY ?= PASSIVE
 export OMP_WAIT_POLICY
 
-.PHONY: setup run test browser
+.PHONY: setup run test browser gpu-smoke
 setup: $(VENV)/.installed
 
 # The web page's test drives Debian's Chromium; installed when missing and apt-get is ours to use.
@@ -36,6 +36,11 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 run: setup  # the run ends by logging where the metrics and the MLflow store are
 	$(BIN)/kedro run
+
+# conf/gpu end to end on this CPU with a LLaVA-1.5-shaped checkpoint made locally (conf/smoke/gpu_smoke.yml);
+# writes into data/ and mlflow.db like `make run`
+gpu-smoke: setup
+	$(BIN)/python -m fakevlm.smoke
 
 test: setup browser
 	$(BIN)/python -m pytest

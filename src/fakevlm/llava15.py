@@ -7,13 +7,11 @@ a Llama language model with Vicuna's 32000-piece vocabulary padded to 32064 embe
 `<image>` = 32000 and `<pad>` = 32001, a Llama tokenizer with byte fallback, OpenAI CLIP's image
 processor and llava-hf's chat template. Nothing is downloaded: the tokenizer's pieces are learnt
 here from the words fakevlm's annotators write. What runs on this checkpoint runs on FakeVLM's.
-
-    python -m fakevlm.llava15 [--config conf/smoke/gpu_smoke.yml]   # writes the configured folder
+`python -m fakevlm.smoke` (make gpu-smoke) writes it, sized by conf/smoke/gpu_smoke.yml.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -43,7 +41,6 @@ LLAVA_HF_CHAT_TEMPLATE = (
 )
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]   # OpenAI CLIP's, as llava-hf's preprocessor_config.json
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-DEFAULT_CONFIG = "conf/smoke/gpu_smoke.yml"
 
 
 def llama_tokenizer(corpus: Iterable[str]) -> LlamaTokenizer:
@@ -135,16 +132,3 @@ def corpus_from(files: Sequence[str | Path], question: str) -> list[str]:
     return texts
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fakevlm.llava15", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=DEFAULT_CONFIG)
-    args = parser.parse_args(argv)
-    params = yaml.safe_load(Path(args.config).read_text())["llava15"]
-    fakevlm = build(params, corpus_from(params["corpus_files"], params["question"]))
-    fakevlm.save_pretrained(params["folder"])
-    n_params = sum(p.numel() for p in fakevlm.model.parameters())
-    print(f"{params['folder']}: LLaVA-1.5-shaped, {n_params / 1e6:.2f} M parameters (random weights)")
-
-
-if __name__ == "__main__":
-    main()
