@@ -87,6 +87,18 @@ def test_config_has_the_7b_checkpoints_fields_and_values(checkpoint):
     assert ours["text_config"]["hidden_size"] < 4096 and ours["vision_config"]["num_hidden_layers"] >= 2
 
 
+# llava-hf's chat template (chat_template.json of llava-hf/llava-1.5-7b-hf), which FakeVLM trained with
+LLAVA_HF_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}{% for content in "
+    "message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}"
+    "{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
 def test_tokenizer_and_processor_are_llava_hf_s(checkpoint):
     processor = AutoProcessor.from_pretrained(checkpoint)
     tokenizer = processor.tokenizer
@@ -99,6 +111,8 @@ def test_tokenizer_and_processor_are_llava_hf_s(checkpoint):
     image = saved["image_processor"]
     assert (image["size"], image["crop_size"], image["resample"]) == (
         {"shortest_edge": 336}, {"height": 336, "width": 336}, 3)
+    # the prompt evaluation and training build (model.build_prompt): FakeVLM's, through llava-hf's template
+    assert processor.chat_template == LLAVA_HF_CHAT_TEMPLATE
     prompt = build_prompt(processor, QUESTION)
     assert prompt == "USER: <image>\nDoes the image looks real/fake? ASSISTANT:"
     ids = processor(images=Image.new("RGB", (500, 375)), text=prompt, return_tensors="pt")["input_ids"][0]
@@ -110,3 +124,33 @@ def test_loads_as_llava_and_answers(checkpoint):
     assert isinstance(fakevlm.model, LlavaForConditionalGeneration)
     answers, probabilities = fakevlm.answer([Image.new("RGB", (336, 336), "gray")] * 2, QUESTION, max_new_tokens=3)
     assert len(answers) == len(probabilities) == 2 and answers[0] == answers[1]
+
+
+# What vLLM's LLaVA path reads from a model folder (vllm/model_executor/models/llava.py and its
+# multimodal processor): the architecture it dispatches on, a CLIP vision config, the feature
+# layer and strategy, the image token id, the processor (transformers-4 file names: vLLM pins
+# transformers 4) and a chat template that puts one "<image>" where the image goes.
+VLLM_LLAVA_ARCHITECTURES = ["LlavaForConditionalGeneration"]
+VLLM_VISION_MODEL_TYPES = {"clip_vision_model", "siglip_vision_model", "pixtral"}
+
+
+def test_folder_has_what_vllm_s_llava_path_reads(checkpoint):
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["architectures"] == VLLM_LLAVA_ARCHITECTURES and config["model_type"] == "llava"
+    assert config["vision_config"]["model_type"] in VLLM_VISION_MODEL_TYPES
+    assert config["vision_feature_select_strategy"] in {"default", "full"}
+    assert isinstance(config["vision_feature_layer"], int)
+    preprocessor = json.loads((checkpoint / "preprocessor_config.json").read_text())
+    assert preprocessor["image_processor_type"] == "CLIPImageProcessor" and preprocessor["crop_size"]["height"] == 336
+    template = json.loads((checkpoint / "chat_template.json").read_text())["chat_template"]
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    assert template == processor.chat_template
+    # the OpenAI-style request vLLM turns into the template's messages: one image part, one text part
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert prompt.count("<image>") == 1   # FakeVLM issue #15/#18: "Expected 1 prompt placeholders ... found 0"
+    tokenizer = processor.tokenizer
+    assert tokenizer("<image>", add_special_tokens=False)["input_ids"] == [config["image_token_index"]]
+    assert tokenizer(prompt)["input_ids"].count(config["image_token_index"]) == 1
+    # (336 / 14)^2 = 576 placeholders once expanded, which is what vLLM allots per image
+    assert config["image_seq_length"] == (config["vision_config"]["image_size"] // config["vision_config"]["patch_size"]) ** 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -329,8 +330,15 @@ class FakeVLM:
     source_dir: str | None = None
 
     def save_pretrained(self, path: str | Path) -> None:
+        """The folder transformers 5 writes, plus the processor files of transformers 4's layout
+        (llava-hf's own: preprocessor_config.json, chat_template.json), which servers pinned to
+        transformers 4, vLLM among them, read instead of the nested processor_config.json."""
         self.model.save_pretrained(path, safe_serialization=True)
         self.processor.save_pretrained(path)
+        self.processor.image_processor.to_json_file(Path(path) / "preprocessor_config.json")
+        if self.processor.chat_template:
+            (Path(path) / "chat_template.json").write_text(
+                json.dumps({"chat_template": self.processor.chat_template}, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None) -> FakeVLM:
