@@ -4,15 +4,23 @@ checkpointing, loader workers) end to end on this CPU, on a copy of the project.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from mlflow import MlflowClient
 from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
 
-from .tiny_project import copy_project, failure_excerpt, project_environment
+from fakevlm.model_card import CARD_METRICS, front_matter
+from fakevlm.smoke import kedro_params
+from fakevlm.training import free_port
+
+from .conftest import fakevlm_serve
+from .tiny_project import copy_project, failure_excerpt, kedro_run, project_environment
 
 pytestmark = pytest.mark.e2e
 
@@ -53,3 +61,53 @@ def test_gpu_env_runs_every_stage_on_the_llava_1_5_shaped_checkpoint(smoke):
     assert metrics["fakeclue_test"]["n"] == 7 * smoke_conf["data"]["per_category"]["test"]
     decision = json.loads((project / "data/08_reporting/registry_decision.json").read_text())
     assert decision["promoted"] and decision["benchmark"] == "fakeclue_test"
+
+
+def test_registered_model_carries_a_model_card_with_the_run_s_figures(smoke, tmp_path):
+    project, _ = smoke
+    metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    downloaded = Path(client.download_artifacts(client.get_model_version("fakevlm", "1").run_id, "", str(tmp_path)))
+    (card,) = downloaded.rglob("hf_dir/README.md")
+    assert card.read_text() == (project / "data/08_reporting/model_card.md").read_text()
+    metadata = front_matter(card.read_text())
+    assert metadata["base_model"] == "data/06_models/llava-1.5-small" and metadata["license"] == "llama2"
+    (result,) = metadata["model-index"][0]["results"]
+    figures = {m["name"]: m["value"] for m in result["metrics"]}
+    scores = metrics[result["dataset"]["name"]]
+    expected = {name: round(scores[key], 4) for key, (_, name) in CARD_METRICS.items() if not math.isnan(scores[key])}
+    assert figures == expected and len(figures) >= 3
+
+
+def test_fakevlm_s_checkpoint_format_is_detected_served_evaluated_and_registered(smoke, tmp_path):
+    """FakeVLM's released weights are a llava-hf folder; the LLaVA-1.5-shaped one stands in."""
+    project, _ = smoke
+    overrides = yaml.safe_load((project / "conf/smoke/gpu_smoke.yml").read_text())["overrides"]
+    checkpoint = "data/06_models/llava-1.5-small"
+    image = project / "data/01_raw/FakeClue/test/animal/real/0000.png"
+    detect = subprocess.run([str(Path(sys.executable).parent / "fakevlm"), "detect", "--model", checkpoint, str(image),
+                             "--json"], cwd=project, env=project_environment(project), capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert detect.returncode == 0, detect.stderr[-3000:]
+    result = json.loads(detect.stdout.splitlines()[-1])
+    assert result["path"] == str(image) and {"verdict", "fake_probability", "explanation"} <= set(result)
+
+    with fakevlm_serve(project / checkpoint, free_port(), tmp_path / "serve.log") as url:
+        response = requests.post(f"{url}/detect", files={"file": (image.name, image.read_bytes(), "image/png")},
+                                 timeout=120)
+    assert response.status_code == 200 and "explanation" in response.json()
+
+    # training would save over the checkpoint under evaluation: refused before any node runs
+    refused = kedro_run(project, "--env", "gpu", "--params", f"evaluation.model={checkpoint}", expect_success=False)
+    assert "run only the later stages" in refused.stdout + refused.stderr
+    kedro_run(project, "--env", "gpu", "--pipelines", "evaluation,registry",
+              "--params", kedro_params({**overrides, "evaluation.model": checkpoint}))
+    metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())["fakeclue_test"]
+    assert {"accuracy", "verdict_token_accuracy"} <= set(metrics)  # parsed text, and as FakeVLM's paper
+    decision = json.loads((project / "data/08_reporting/registry_decision.json").read_text())
+    assert decision["version"] == "2"
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    assert client.get_model_version_by_alias("fakevlm", "challenger").version == "2"
+    registered = Path(client.download_artifacts(client.get_model_version("fakevlm", "2").run_id, "",
+                                                str(tmp_path))).rglob("hf_dir/model.safetensors")
+    assert [p.read_bytes() for p in registered] == [(project / checkpoint / "model.safetensors").read_bytes()]

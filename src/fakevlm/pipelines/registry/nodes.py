@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -49,6 +52,21 @@ def champion_scorer(
     return rescore
 
 
+def folder_with_card(model_dir: str, model_card: str, target: Path) -> Path:
+    """`model_dir`'s files (hard links where the file system allows: a 7B is 14 GB) with the model
+    card as README.md, in `target`: the registered model carries its card, the trained folder
+    (the training stage's DVC output) stays as training wrote it."""
+    target.mkdir()
+    for source in Path(model_dir).iterdir():
+        if source.is_file() and source.name != "README.md":
+            try:
+                os.link(source, target / source.name)
+            except OSError:
+                shutil.copy2(source, target / source.name)
+    (target / "README.md").write_text(model_card)
+    return target
+
+
 def register_model(
     fakevlm_model: FakeVLM,
     metrics: dict[str, Any],
@@ -56,8 +74,9 @@ def register_model(
     params: dict[str, Any],
     evaluation: dict[str, Any],
     question: str,
+    model_card: str,
 ) -> dict[str, Any]:
-    """Log and register the model; the returned decision record says whether it was promoted."""
+    """Log and register the model with its card; the returned decision record says whether it was promoted."""
     scalar_metrics = benchmark_metrics(metrics, params["benchmark"])
     data_hash = evaluation_data_hash(validated_manifest, params["benchmark_split"])
     with open_image(validated_manifest["image_path"].iloc[0]) as image:
@@ -67,7 +86,11 @@ def register_model(
     if started:
         mlflow.start_run(run_name="registry")
     try:
-        version = log_and_register(fakevlm_model.source_dir, params["model_name"], question, params["max_new_tokens"], example)
+        source = Path(fakevlm_model.source_dir)
+        with tempfile.TemporaryDirectory(prefix=".registered-", dir=source.parent) as staging:
+            model_dir = folder_with_card(str(source), model_card, Path(staging) / source.name)
+            version = log_and_register(str(model_dir), params["model_name"], question, params["max_new_tokens"],
+                                       example)
         decision = promote_if_better(MlflowClient(), params["model_name"], version, scalar_metrics, data_hash, params,
                                      champion_scorer(validated_manifest, params, evaluation, question))
         decision["benchmark"] = params["benchmark"]
