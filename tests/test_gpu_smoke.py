@@ -107,7 +107,7 @@ def test_fakevlm_s_checkpoint_format_is_detected_served_evaluated_and_registered
     decision = json.loads((project / "data/08_reporting/registry_decision.json").read_text())
     assert decision["version"] == "2"
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    assert client.get_model_version_by_alias("fakevlm", "challenger").version == "2"
+    assert str(client.get_model_version_by_alias("fakevlm", "challenger").version) == "2"
     registered = Path(client.download_artifacts(client.get_model_version("fakevlm", "2").run_id, "",
                                                 str(tmp_path))).rglob("hf_dir/model.safetensors")
     assert [p.read_bytes() for p in registered] == [(project / checkpoint / "model.safetensors").read_bytes()]
