@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow.artifacts
 import pytest
 import requests
 import yaml
@@ -33,6 +34,13 @@ def smoke(tmp_path_factory):
     output = result.stdout + result.stderr
     assert result.returncode == 0, failure_excerpt(output)
     return project, output
+
+
+def registered_files(project: Path, version: str, folder: Path) -> Path:
+    """The registered model version's files (MLmodel, artifacts/<model folder>/...), downloaded."""
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    uri = MlflowClient(tracking_uri=store, registry_uri=store).get_model_version_download_uri("fakevlm", version)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder), tracking_uri=store))
 
 
 def test_gpu_env_runs_every_stage_on_the_llava_1_5_shaped_checkpoint(smoke):
@@ -66,9 +74,7 @@ def test_gpu_env_runs_every_stage_on_the_llava_1_5_shaped_checkpoint(smoke):
 def test_registered_model_carries_a_model_card_with_the_run_s_figures(smoke, tmp_path):
     project, _ = smoke
     metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    downloaded = Path(client.download_artifacts(client.get_model_version("fakevlm", "1").run_id, "", str(tmp_path)))
-    (card,) = downloaded.rglob("hf_dir/README.md")
+    (card,) = registered_files(project, "1", tmp_path).glob("artifacts/*/README.md")
     assert card.read_text() == (project / "data/08_reporting/model_card.md").read_text()
     metadata = front_matter(card.read_text())
     assert metadata["base_model"] == "data/06_models/llava-1.5-small" and metadata["license"] == "llama2"
@@ -108,6 +114,5 @@ def test_fakevlm_s_checkpoint_format_is_detected_served_evaluated_and_registered
     assert decision["version"] == "2"
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     assert str(client.get_model_version_by_alias("fakevlm", "challenger").version) == "2"
-    registered = Path(client.download_artifacts(client.get_model_version("fakevlm", "2").run_id, "",
-                                                str(tmp_path))).rglob("hf_dir/model.safetensors")
+    registered = registered_files(project, "2", tmp_path).glob("artifacts/*/model.safetensors")
     assert [p.read_bytes() for p in registered] == [(project / checkpoint / "model.safetensors").read_bytes()]
