@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 OMP_WAIT_POLICY ?= PASSIVE
 export OMP_WAIT_POLICY
 
-.PHONY: setup run test browser services
+.PHONY: setup run test browser services gpu-smoke
 setup: $(VENV)/.installed
 
 # The web page's test drives Debian's Chromium; installed when missing and apt-get is ours to use.
@@ -52,6 +52,11 @@ run: setup  # the run ends by logging where the metrics and the MLflow store are
 	# DVC records what the run wrote (its cache filled, dvc.lock unchanged when the outputs match it),
 	# so `dvc status` and `dvc repro` find nothing to do; `git diff dvc.lock` shows what changed.
 	$(BIN)/dvc commit --force --quiet
+
+# conf/gpu end to end on this CPU with a LLaVA-1.5-shaped checkpoint made locally (conf/smoke/gpu_smoke.yml);
+# writes into data/ and mlflow.db like `make run`
+gpu-smoke: setup
+	$(BIN)/python -m fakevlm.smoke
 
 test: setup browser services image
 	$(BIN)/python -m pytest

@@ -291,6 +291,8 @@ def test_probability_scores_equal_sklearn_and_skip_missing_probabilities():
     assert result["roc_auc"] == pytest.approx(roc_auc_score(is_fake, [probabilities[i] for i in kept]))
     assert result["average_precision"] == pytest.approx(average_precision_score(is_fake, [probabilities[i] for i in kept]))
     assert result["n_without_probability"] == 1
+    # right: 0.9 fake, 0.2 real, 0.1 real; wrong: 0.4 fake, 0.7 real, and the one without a probability
+    assert result["verdict_token_accuracy"] == pytest.approx(3 / 6)
     # by hand: confidences 0.9 0.8 0.6 0.7 0.9, correct 1 1 0 0 1; bins (0.55,0.6] (0.65,0.7] (0.75,0.8] (0.85,0.9]
     expected = (abs(0.6 - 0) + abs(0.7 - 0) + abs(0.8 - 1) + 2 * abs(0.9 - 1)) / 5
     assert result["ece"] == pytest.approx(expected)

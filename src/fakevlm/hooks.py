@@ -14,6 +14,25 @@ log = logging.getLogger(__name__)
 REPORTS = ("metrics", "validation_report", "registry_decision")
 
 
+class EvaluatedModelHook:
+    """`--params evaluation.model=FOLDER_OR_ID`: the evaluation and registry stages take that
+    checkpoint (e.g. FakeVLM's released weights, a llava-hf folder) instead of the one training
+    saved; registered, it becomes the challenger like any trained version."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        from fakevlm.datasets.hf_model_dataset import HFModelDataset
+
+        model = (catalog.load("params:evaluation") or {}).get("model")
+        if not model:
+            return
+        if any(node.name == "train_fakevlm" for node in pipeline.nodes):
+            raise ValueError(f"evaluation.model={model}: training would save over the model it evaluates; "
+                             "run only the later stages: --pipelines evaluation,registry")
+        log.info("evaluating the given checkpoint %s instead of the trained model", model)
+        catalog["fakevlm_model"] = HFModelDataset(path=str(model))
+
+
 class ResultLocationsHook:
     """After a run, say where its results are: the reports it wrote and the MLflow store."""
 

@@ -69,7 +69,8 @@ def run_worker(job_dir: Path) -> None:
     """One rank: train the job's model; rank 0 saves it and the history."""
     job = json.loads((job_dir / "job.json").read_text())
     params = job["params"]
-    fakevlm = FakeVLM.from_pretrained(job_dir / "init")
+    # on the CPU: the Trainer moves it to this rank's GPU (all ranks loading onto the first would not fit)
+    fakevlm = FakeVLM.from_pretrained(job_dir / "init", device="cpu")
     examples = load_examples(pd.DataFrame(job["rows"]))
     history = train(fakevlm.model, fakevlm.processor, examples, params["question"], params["stages"],
                     params["max_length"], params["cache_pixels"], params["lora"])

@@ -375,7 +375,9 @@ def expected_calibration_error(fake_probabilities: Sequence[float], labels: Sequ
 def probability_scores(fake_probabilities: Sequence[float], labels: Sequence[str], n_bins: int = 10) -> dict[str, Any]:
     """ROC-AUC and average precision (fake = positive, sklearn) and top-label ECE of the fake
     probabilities. Samples without a probability (NaN: the answer named no verdict) are left
-    out and counted in ``n_without_probability``; AUC and AP are NaN when one class is missing."""
+    out and counted in ``n_without_probability``; AUC and AP are NaN when one class is missing.
+    ``verdict_token_accuracy``: the accuracy as FakeVLM's paper computes it, from the verdict
+    tokens' probabilities (fake when P(fake) >= 0.5), a sample without them counted wrong."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     _check_same_length(fake_probabilities=fake_probabilities, labels=labels)
@@ -385,8 +387,10 @@ def probability_scores(fake_probabilities: Sequence[float], labels: Sequence[str
     y_true = [labels[i] for i in keep]
     is_fake = [int(label == "fake") for label in y_true]
     both_classes = len(set(is_fake)) == 2
+    correct = sum((p >= 0.5) == bool(fake) for p, fake in zip(p_fake, is_fake))
     return {
         "n_without_probability": len(labels) - len(keep),
+        "verdict_token_accuracy": correct / len(labels) if labels else math.nan,
         "roc_auc": float(roc_auc_score(is_fake, p_fake)) if both_classes else math.nan,
         "average_precision": float(average_precision_score(is_fake, p_fake)) if both_classes else math.nan,
         "ece": expected_calibration_error(p_fake, y_true, n_bins) if keep else math.nan,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -293,12 +294,13 @@ def dct_patch_init(model: PreTrainedModel, pixel_values: torch.Tensor) -> None:
 
 def load_pretrained(path: str, dtype: str = "float32") -> tuple[PreTrainedModel, LlavaProcessor]:
     """Load a LLaVA-style checkpoint in Hugging Face format (a hub id or a local folder): LLaVA,
-    FastVLM or any image-text-to-text model transformers knows.
+    FastVLM or any image-text-to-text model transformers knows. `dtype` "auto": the checkpoint's own.
 
     Remote code is never executed and weights are read from safetensors when the folder has them.
     """
     model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=getattr(torch, dtype), trust_remote_code=False, use_safetensors=None
+        path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), trust_remote_code=False,
+        use_safetensors=None,
     )
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
     return model, processor
@@ -328,12 +330,22 @@ class FakeVLM:
     source_dir: str | None = None
 
     def save_pretrained(self, path: str | Path) -> None:
+        """The folder transformers 5 writes, plus the processor files of transformers 4's layout
+        (llava-hf's own: preprocessor_config.json, chat_template.json), which servers pinned to
+        transformers 4, vLLM among them, read instead of the nested processor_config.json."""
         self.model.save_pretrained(path, safe_serialization=True)
         self.processor.save_pretrained(path)
+        self.processor.image_processor.to_json_file(Path(path) / "preprocessor_config.json")
+        if self.processor.chat_template:
+            (Path(path) / "chat_template.json").write_text(
+                json.dumps({"chat_template": self.processor.chat_template}, indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> FakeVLM:
-        model, processor = load_pretrained(str(path))
+    def from_pretrained(cls, path: str | Path, device: str | None = None) -> FakeVLM:
+        """The saved model in its own dtype (a 7B saved in bf16 stays 14 GB, not 28), on `device`:
+        by default the GPU when there is one, where evaluation and serving generate."""
+        model, processor = load_pretrained(str(path), "auto")
+        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model.eval()
         return cls(model=model, processor=processor, source_dir=str(path))
 
@@ -359,9 +371,11 @@ class FakeVLM:
         probabilities: list[float] = []
         for start in range(0, len(images), batch_size):
             batch = [image.convert("RGB") for image in images[start : start + batch_size]]
+            # left padding whatever the tokenizer's default: every row continues from its own last token
             inputs = self.processor(
-                images=batch, text=[prompt] * len(batch), return_tensors="pt", padding=True
-            )
+                images=batch, text=[prompt] * len(batch), return_tensors="pt", padding=True, padding_side="left"
+            ).to(self.model.device)
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
             output = self.model.generate(
                 **inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                 output_logits=True, return_dict_in_generate=True,

@@ -75,8 +75,8 @@ def _note_counts(notes: Iterable[dict[str, Any]]) -> dict[str, int]:
 
 # --- evaluation ------------------------------------------------------------------------------------
 
-SUMMARY_KEYS = ("n", "accuracy", "f1", "macro_f1", "real_accuracy", "fake_accuracy", "rouge_l", "css",
-                "roc_auc", "average_precision", "ece", "n_unparsed")
+SUMMARY_KEYS = ("n", "accuracy", "verdict_token_accuracy", "f1", "macro_f1", "real_accuracy", "fake_accuracy",
+                "rouge_l", "css", "roc_auc", "average_precision", "ece", "n_unparsed")
 
 
 def _number(value: Any) -> str:

@@ -2,12 +2,12 @@
 
 from kedro.config import OmegaConfigLoader
 
-from fakevlm.hooks import ResultLocationsHook, TrainingProvenanceHook
+from fakevlm.hooks import EvaluatedModelHook, ResultLocationsHook, TrainingProvenanceHook
 from omegaconf.resolvers import oc
 
 # kedro-mlflow's MlflowHook registers itself through its plugin entry point; listing it here too
 # made every `kedro run` start two MLflow runs and split its logs between them.
-HOOKS = (TrainingProvenanceHook(), ResultLocationsHook())
+HOOKS = (TrainingProvenanceHook(), EvaluatedModelHook(), ResultLocationsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

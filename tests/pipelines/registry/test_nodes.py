@@ -39,7 +39,7 @@ def registrar(model_dir, labelled_images, tmp_path, name="fakevlm"):
     model = FakeVLM.from_pretrained(model_dir)
 
     def run(metrics, data=manifest):
-        return register_model(model, metrics, data, params, load_params("evaluation"), QUESTION)
+        return register_model(model, metrics, data, params, load_params("evaluation"), QUESTION, "# card\n")
 
     run.model, run.params, run.manifest = model, params, manifest
     return run

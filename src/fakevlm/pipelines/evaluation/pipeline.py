@@ -1,5 +1,7 @@
 from kedro.pipeline import Node, Pipeline
 
+from fakevlm.model_card import render_model_card
+
 from .nodes import evaluate, evaluate_baseline, report_evaluation
 
 
@@ -26,5 +28,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["evaluation_report_html", "confusion_plot", "reliability_plot"],
                 name="report_evaluation",
             ),
+            Node(render_model_card, ["metrics", "params:training", "params:model_card"], "model_card",
+                 name="write_model_card"),
         ]
     )

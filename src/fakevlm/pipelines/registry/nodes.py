@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -50,6 +53,21 @@ def champion_scorer(
     return rescore
 
 
+def folder_with_card(model_dir: str, model_card: str, target: Path) -> Path:
+    """`model_dir`'s files (hard links where the file system allows: a 7B is 14 GB) with the model
+    card as README.md, in `target`: the registered model carries its card, the trained folder
+    (the training stage's DVC output) stays as training wrote it."""
+    target.mkdir()
+    for source in Path(model_dir).iterdir():
+        if source.is_file() and source.name != "README.md":
+            try:
+                os.link(source, target / source.name)
+            except OSError:
+                shutil.copy2(source, target / source.name)
+    (target / "README.md").write_text(model_card)
+    return target
+
+
 def register_model(
     fakevlm_model: FakeVLM,
     metrics: dict[str, Any],
@@ -57,8 +75,9 @@ def register_model(
     params: dict[str, Any],
     evaluation: dict[str, Any],
     question: str,
+    model_card: str,
 ) -> dict[str, Any]:
-    """Log and register the model; the returned decision record says whether it was promoted."""
+    """Log and register the model with its card; the returned decision record says whether it was promoted."""
     scalar_metrics = benchmark_metrics(metrics, params["benchmark"])
     data_hash = evaluation_data_hash(validated_manifest, params["benchmark_split"])
     with open_image(validated_manifest["image_path"].iloc[0]) as image:
@@ -71,7 +90,10 @@ def register_model(
             mlflow.start_run(run_name="registry")
     try:
         with server_failures(uri, "storing the model's artifacts; nothing was registered"):
-            model_uri = log_model_artifacts(fakevlm_model.source_dir, question, params["max_new_tokens"], example)
+            source = Path(fakevlm_model.source_dir)
+            with tempfile.TemporaryDirectory(prefix=".registered-", dir=source.parent) as staging:
+                model_dir = folder_with_card(str(source), model_card, Path(staging) / source.name)
+                model_uri = log_model_artifacts(str(model_dir), question, params["max_new_tokens"], example)
             mlflow.log_metrics({f"{RUN_METRIC_PREFIX}{params['benchmark']}.{k}": v for k, v in scalar_metrics.items()})
         with server_failures(uri, f"registering and promoting model {params['model_name']!r}"):
             decision = promote_if_better(MlflowClient(), model_uri, scalar_metrics, data_hash, params,
