@@ -1,7 +1,7 @@
 """The `fakevlm` command (not `cli.py`: Kedro reads that name for project commands): use a trained detector on your own images, and manage the registry's aliases.
 
     fakevlm detect IMAGE_OR_FOLDER... [--model models:/fakevlm@champion | FOLDER] [--json]
-    fakevlm serve [--model models:/fakevlm@champion | FOLDER] [--host 127.0.0.1] [--port 8000]
+    fakevlm serve [--model models:/fakevlm@champion | FOLDER] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
     fakevlm registry rollback | promote VERSION | unlock
     fakevlm deploy argo | kfp [--env gpu] [--by stage|node] [--output FILE]
 
@@ -111,8 +111,9 @@ def detect(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from fakevlm.server import run_server  # FastAPI and uvicorn only for this command
+    from fakevlm.server import check_exposure, run_server  # FastAPI and uvicorn only for this command
 
+    check_exposure(args)  # before the model takes its time to load
     run_server(load_detector(args.model), args)
     return 0
 
@@ -177,11 +178,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     web = commands.add_parser("serve", help="an HTTP API, an OpenAI-compatible chat endpoint and a web page")
     web.add_argument("--model", default=DEFAULT_MODEL, help=f"registry URI or model folder (default {DEFAULT_MODEL})")
     web.add_argument("--host", default="127.0.0.1",
-                     help="address to listen on (default 127.0.0.1, this machine only; another, e.g. 0.0.0.0, "
-                          "exposes the unauthenticated API to the network)")
+                     help="address to listen on (default 127.0.0.1, this machine only); another, e.g. 0.0.0.0, "
+                          "needs --api-key or --allow-no-key")
     web.add_argument("--port", type=int, default=8000)
-    web.add_argument("--max-batch", type=int, default=16, help="most images in one /detect request, answered as one batch")
+    web.add_argument("--api-key", default=os.environ.get("FAKEVLM_API_KEY"),
+                     help="require `Authorization: Bearer KEY` on every endpoint but /health (default $FAKEVLM_API_KEY)")
+    web.add_argument("--allow-no-key", action="store_true", help="listen on a --host beyond this machine without a key")
+    web.add_argument("--allowed-host", action="append", metavar="NAME",
+                     help="a Host name served besides localhost, 127.0.0.1, ::1 and --host (repeatable)")
+    web.add_argument("--max-batch", type=int, default=16,
+                     help="most images in one /detect request, and in one generation across requests (default 16)")
+    web.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
+                     help="answer concurrent requests in one batched generation (default on)")
+    web.add_argument("--batch-wait-ms", type=float, default=5, help="longest wait for more requests to batch (default 5)")
     web.add_argument("--max-upload-mb", type=float, default=20, help="largest request body, in MB (default 20)")
+    web.add_argument("--max-image-mpixels", type=float, default=40,
+                     help="largest image, in Mpixels, checked from its header before decoding (default 40)")
+    web.add_argument("--max-aspect-ratio", type=float, default=20, help="longest side / shortest side (default 20)")
+    web.add_argument("--max-request-mpixels", type=float, default=100,
+                     help="all the images of one request together, in Mpixels (default 100)")
+    web.add_argument("--decode-workers", type=int, default=2, help="images decoded at once, all requests together")
+    web.add_argument("--shutdown-timeout", type=float, default=3,
+                     help="seconds a stop signal waits for open connections (default 3)")
     web.set_defaults(handler=serve)
     reg = commands.add_parser("registry", help="move the champion alias by hand, or release the promotion lock "
                                                 "a dead run left")
