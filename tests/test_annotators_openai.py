@@ -146,7 +146,7 @@ def test_the_request_carries_the_prompt_the_image_and_the_key(tmp_path, fault_se
 def serve_url(tmp_path_factory):
     """`fakevlm serve` of a tiny saved model on a free port of 127.0.0.1."""
     workdir = tmp_path_factory.mktemp("annotator_serve")
-    model = save_tiny_model(workdir / "model", small_training_params(workdir), make_labelled_images())
+    model = save_tiny_model(workdir / "fakevlm", small_training_params(workdir), make_labelled_images())
     with fakevlm_serve(model, free_port(), workdir / "server.log", "--host", "127.0.0.1") as url:
         yield url
 
