@@ -98,9 +98,9 @@ def test_fakevlm_s_checkpoint_format_is_detected_served_evaluated_and_registered
     result = json.loads(detect.stdout.splitlines()[-1])
     assert result["path"] == str(image) and {"verdict", "fake_probability", "explanation"} <= set(result)
 
-    with fakevlm_serve(project / checkpoint, free_port(), tmp_path / "serve.log") as url:
+    with fakevlm_serve(project / checkpoint, free_port(), tmp_path / "serve.log", "--api-key", "smoke") as url:
         response = requests.post(f"{url}/detect", files={"file": (image.name, image.read_bytes(), "image/png")},
-                                 timeout=120)
+                                 headers={"Authorization": "Bearer smoke"}, timeout=120)
     assert response.status_code == 200 and "explanation" in response.json()
 
     # training would save over the checkpoint under evaluation: refused before any node runs
