@@ -50,10 +50,24 @@ def docker_image():
             os.environ["DOCKER_HOST"] = previous
 
 
-def test_default_pipeline_as_containers_of_the_generated_kfp_spec(docker_image, mlflow_server, tmp_path, capsys):
-    import docker
-    from kfp import components, local
+# KFP's local runner, in a process of its own: it swaps the root logger's handlers and `print`, which
+# must not reach pytest's captured streams; its log is kept for the failure message.
+RUN_SPEC_LOCALLY = """
+import sys
+import docker
+from kfp import components, local
 
+spec, data, conf, outputs, tracking_uri = sys.argv[1:]
+local.init(runner=local.DockerRunner(
+    network_mode="host",   # the MLflow server listens on the host's 127.0.0.1
+    mounts=[docker.types.Mount("/app/data", data, type="bind"),
+            docker.types.Mount("/app/conf/local", conf, type="bind", read_only=True)],
+), pipeline_root=outputs)
+components.load_component_from_file(spec)(mlflow_tracking_uri=tracking_uri, data_pvc="unused-here")
+"""
+
+
+def test_default_pipeline_as_containers_of_the_generated_kfp_spec(docker_image, mlflow_server, tmp_path, capsys):
     # the tiny settings reach the containers as their conf/local, the data as one volume
     project = copy_project(tmp_path / "project", TINY)
     spec = tmp_path / "pipeline.yaml"
@@ -62,14 +76,14 @@ def test_default_pipeline_as_containers_of_the_generated_kfp_spec(docker_image, 
     outputs.mkdir()
     for folder in [outputs, data, *data.iterdir()]:
         folder.chmod(0o777)   # written by the image's user
-    local.init(runner=local.DockerRunner(
-        network_mode="host",   # the MLflow server listens on the host's 127.0.0.1
-        mounts=[docker.types.Mount("/app/data", str(data), type="bind"),
-                docker.types.Mount("/app/conf/local", str(project / "conf" / "local"), type="bind", read_only=True)],
-    ), pipeline_root=str(outputs))
 
     start = time.monotonic()
-    components.load_component_from_file(str(spec))(mlflow_tracking_uri=mlflow_server, data_pvc="unused-here")
+    log_path = tmp_path / "kfp-local.log"
+    with log_path.open("w") as log:
+        local_run = subprocess.run([sys.executable, "-c", RUN_SPEC_LOCALLY, str(spec), str(data),
+                              str(project / "conf" / "local"), str(outputs), mlflow_server],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=1800)
+    assert local_run.returncode == 0, f"KFP's local run failed (exit {local_run.returncode}):\n{log_path.read_text()[-6000:]}"
     with capsys.disabled():
         print(f"\nthe default pipeline as {len(STAGES) + 1} containers: {time.monotonic() - start:.0f} s")
 
@@ -82,7 +96,8 @@ def test_default_pipeline_as_containers_of_the_generated_kfp_spec(docker_image, 
     experiment = client.get_experiment_by_name("fakevlm")
     runs = client.search_runs([experiment.experiment_id])
     champion = client.get_model_version_by_alias("fakevlm", "champion")
-    assert [r.info.run_id for r in runs] == [champion.run_id]   # the workflow: one MLflow run
+    seen = [(r.info.run_name, r.info.status) for r in runs]
+    assert [r.info.run_id for r in runs] == [champion.run_id], f"the workflow's one MLflow run expected, got {seen}"
     run = runs[0]
     assert run.info.run_name == deploy.RUN_NAME and run.info.status == "FINISHED"
     assert run.data.tags["fakevlm.workflow"] == "true"
