@@ -14,9 +14,9 @@ import pytest
 from rouge_score.rouge_scorer import RougeScorer
 from sklearn.metrics import accuracy_score, f1_score
 
-from fakevlm.metrics import UNPARSED, css_scores, parse_verdict, score, split_answer
+from fakevlm.metrics import UNPARSED, css_scores, faithfulness, named_families, names_place, parse_verdict, score, split_answer
 
-from .conftest import QUESTION
+from .conftest import QUESTION, load_params
 
 # --- parse_verdict ---------------------------------------------------------------------------
 
@@ -314,3 +314,69 @@ def test_fake_probability_follows_the_verdict_token(saved_tiny_model, labelled_i
             assert math.isnan(p)
         else:  # greedy decoding picked the more likely of the two tokens
             assert (p >= 0.5) == (verdict == "fake"), (answer, p)
+
+
+# --- explanation faithfulness -------------------------------------------------------------------
+
+ANNOTATION = load_params("annotation")
+CUES = ANNOTATION["family_cues"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("This is a fake image. The upper left carries a strong checkerboard pattern.", {"checkerboard"}),
+    ("This is a fake image. A patch in the centre is pasted from another photograph.", {"splice"}),
+    # two families
+    ("This is a fake image. The face is blended into the frame, and the background is over-smoothed.",
+     {"face_blend", "oversmoothing"}),
+    # negated mentions name nothing; the clause break ends the negation
+    ("This is a real image. There is no checkerboard pattern and nothing was spliced.", set()),
+    ("This is a real image. Not over-smoothed, without transposed-convolution traces.", set()),
+    ("The grain is even, but a checkerboard shows in the sky.", {"checkerboard"}),
+    # synonyms from the annotation conf: the family's second cue
+    ("Someone used transposed-convolution up-sampling here.", {"checkerboard"}),
+    ("The glyphs are faintly garbled.", {"glyph_garble"}),
+    ("It looks fake.", set()),
+])
+def test_named_families(text, expected):
+    assert named_families(text, CUES) == expected
+
+
+def test_every_family_sentence_names_its_family_and_no_measured_clue_names_one():
+    """The annotation writes each family with words the faithfulness reader knows, and only those."""
+    assert set(CUES) == set(ANNOTATION["families"])
+    for family, sentence in ANNOTATION["families"].items():
+        written = sentence.format(Region="The upper left", region="the upper left", strength="clear")
+        assert named_families(written, CUES) == {family}, written
+    for aspect, by_label in ANNOTATION["available"]["grounded"]["clues"].items():
+        for label, clue in by_label.items():
+            written = clue.format(subject="the glyphs", place="the centre", Place="The centre", period=8, factor=2,
+                                  direction="smoother", hue="red")
+            assert named_families(written, CUES) == set(), (aspect, label)
+
+
+@pytest.mark.parametrize(("text", "region", "expected"), [
+    ("A patch in the centre is pasted from another photograph.", "a patch in the centre", True),
+    ("A patch in the top centre is pasted from another photograph.", "a patch in the centre", False),
+    ("The upper left carries a checkerboard pattern.", "the upper left", True),
+    ("The lower right carries a checkerboard pattern.", "the upper left", False),
+    ("In a line of text near the top the glyphs are garbled.", "a line of text near the top", True),
+    ("The face is blended into the frame.", "the face", True),
+])
+def test_names_place(text, region, expected):
+    assert names_place(text, region) is expected
+
+
+def test_faithfulness_counts_right_wrong_and_placed():
+    explanations = ["The upper left carries a checkerboard pattern.",           # right family, right place
+                    "The lower right carries a checkerboard pattern.",          # right family, wrong place
+                    "The whole image is over-smoothed.",                        # wrong family
+                    "The whole image was enlarged by a GAN super-resolution network, and it is over-smoothed."]
+    families = ["checkerboard", "checkerboard", "checkerboard", "realesrgan_x4plus"]
+    regions = ["the upper left", "the upper left", "the upper left", "the whole image"]
+    result = faithfulness(explanations, families, regions, CUES, whole_image="the whole image")
+    assert result["n"] == 4 and result["family_named"] == pytest.approx(3 / 4)
+    assert result["wrong_family_named"] == pytest.approx(2 / 4)
+    assert result["n_placed"] == 3 and result["place_named"] == pytest.approx(1 / 3)
+    assert result["per_family"]["checkerboard"]["family_named"] == pytest.approx(2 / 3)
+    assert result["per_family"]["realesrgan_x4plus"] == {"n": 1, "family_named": 1.0, "wrong_family_named": 1.0,
+                                                        "n_placed": 0, "place_named": pytest.approx(math.nan, nan_ok=True)}

@@ -19,7 +19,7 @@ import functools
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -395,6 +395,75 @@ def probability_scores(fake_probabilities: Sequence[float], labels: Sequence[str
         "average_precision": float(average_precision_score(is_fake, p_fake)) if both_classes else math.nan,
         "ece": expected_calibration_error(p_fake, y_true, n_bins) if keep else math.nan,
     }
+
+
+# --- explanation faithfulness ------------------------------------------------------------------
+
+# What cancels a mention: "no checkerboard", "nothing was spliced" ("than" compares, it does not negate).
+_MENTION_NEGATORS = (_NEGATORS - {"than"}) | {"nothing", "none"}
+
+
+def _phrase_tokens(phrase: str) -> list[str]:
+    return _TOKEN.findall(phrase.lower())
+
+
+def _mentions(tokens: list[str], phrase: list[str]) -> bool:
+    """Whether `phrase` occurs in `tokens` without a negator shortly before it in the same clause
+    ("no checkerboard pattern", "without up-sampling peaks")."""
+    width = len(phrase)
+    for start in range(len(tokens) - width + 1):
+        if tokens[start : start + width] != phrase:
+            continue
+        before: list[str] = []
+        for token in reversed(tokens[max(0, start - _NEGATION_SCOPE) : start]):
+            if token in _CLAUSE_BREAKS:
+                break
+            before.append(token)
+        if not _MENTION_NEGATORS & set(before):
+            return True
+    return False
+
+
+def named_families(text: str, cues: Mapping[str, Sequence[str]]) -> set[str]:
+    """The artifact families an explanation names: those with a cue phrase (conf's
+    `annotation.family_cues`, the words the annotation writes them with) mentioned, not negated."""
+    sentences = [_TOKEN.findall(sentence.lower()) for sentence in _SENTENCE_SPLIT.split(text or "")]
+    return {family for family, phrases in cues.items()
+            if any(_mentions(tokens, _phrase_tokens(phrase)) for tokens in sentences for phrase in phrases)}
+
+
+def names_place(text: str, region: str) -> bool:
+    """Whether an explanation names the record's region: its place words ("a patch in the upper
+    left" -> "the upper left", "a line of text near the top" -> "the top") as a phrase."""
+    place = re.sub(r"^(?:an?|the)\s+(?:(?:patch|line of text)\s+(?:in|near)\s+)?(?:the\s+)?", "", region.lower())
+    return _mentions(_TOKEN.findall((text or "").lower()), ["the", *_phrase_tokens(place)])
+
+
+def faithfulness(
+    explanations: Sequence[str],
+    families: Sequence[str],
+    regions: Sequence[str | None],
+    cues: Mapping[str, Sequence[str]],
+    whole_image: str,
+) -> dict[str, Any]:
+    """How often explanations of fakes name the artifact family that was made (`family_named`), a
+    family that was not (`wrong_family_named`) and, where the family has a place (a region other
+    than `whole_image`), that place (`place_named`); overall and per family. Pass the fakes whose
+    family is known (a key of `cues`)."""
+    _check_same_length(explanations=explanations, families=families, regions=regions)
+    named = [named_families(text, cues) for text in explanations]
+    rows = [(family, family in found, bool(found - {family}),
+             None if not region or region == whole_image else names_place(text, region))
+            for text, family, region, found in zip(explanations, families, regions, named)]
+
+    def summary(part: list[tuple[str, bool, bool, bool | None]]) -> dict[str, Any]:
+        placed = [hit for *_, hit in part if hit is not None]
+        return {"n": len(part), "family_named": float(np.mean([r[1] for r in part])) if part else math.nan,
+                "wrong_family_named": float(np.mean([r[2] for r in part])) if part else math.nan,
+                "n_placed": len(placed), "place_named": float(np.mean(placed)) if placed else math.nan}
+
+    return {**summary(rows),
+            "per_family": {family: summary([r for r in rows if r[0] == family]) for family in sorted(set(families))}}
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:

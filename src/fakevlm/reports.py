@@ -93,9 +93,25 @@ def figure_data_uri(figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _faithfulness_section(found: dict[str, Any] | None) -> list[str]:
+    """Whether the explanations of the caught fakes name the artifact that was made, per family."""
+    if not found:
+        return []
+    rows = [(family, per) for family, per in sorted(found["per_family"].items())] + [("all", found)]
+    return [
+        "<h3>Explanation faithfulness (caught fakes of a known artifact family)</h3>",
+        table(["family", "n", "names its family", "names another family", "with a place", "names the place"],
+              ([family, per["n"], _number(per["family_named"]), _number(per["wrong_family_named"]), per["n_placed"],
+                _number(per["place_named"])] for family, per in rows)),
+        f"<p>Real images judged real whose explanation names an artifact family all the same: "
+        f"{_number(found['real_names_artifact'])}</p>",
+    ]
+
+
 def render_evaluation_html(metrics: dict[str, Any], figures: dict[str, str], worst: Sequence[dict[str, Any]]) -> str:
     """The evaluation report: per benchmark the summary (FakeVLM beside the CNN baseline), the
-    confusion matrix, categories and artifact families; the figures; the worst answers."""
+    confusion matrix, categories, generators and the explanations' faithfulness; the figures; the
+    worst answers."""
     parts = ["<h1>Evaluation report</h1>"]
     for benchmark, result in sorted(metrics.items()):
         baseline = result.get("baseline_cnn", {})
@@ -117,6 +133,7 @@ def render_evaluation_html(metrics: dict[str, Any], figures: dict[str, str], wor
                   ([generator, per["n_fake"], _number(per["accuracy"]), _number(per["fake_accuracy"]),
                     _number(per["real_accuracy"]), _number(per["average_precision"]), _number(per["roc_auc"])]
                    for generator, per in sorted(result["per_generator"].items()))),
+            *_faithfulness_section(result.get("faithfulness")),
         ]
     for name, uri in sorted(figures.items()):
         parts.append(f"<h2>{_cell(name)}</h2><img alt=\"{_cell(name)}\" src=\"{html.escape(uri)}\">")

@@ -6,17 +6,19 @@ import pytest
 from fakevlm.model import FakeVLM
 from fakevlm.baseline import CNNDetector
 from fakevlm.metrics import flatten_metrics, rouge_l_scores
+from fakevlm.reports import render_evaluation_html
 from fakevlm.pipelines.evaluation.nodes import (
     benchmark_splits,
     compute_metrics,
     evaluate,
     evaluate_baseline,
+    explanation_faithfulness,
     per_generator,
     predict,
     report_evaluation,
 )
 
-from ...conftest import QUESTION
+from ...conftest import QUESTION, load_params
 
 
 def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_images, tmp_path):
@@ -25,15 +27,17 @@ def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_image
         path = tmp_path / f"{i}.png"
         image.save(path)
         rows.append({"id": i, "image_path": str(path), "category": "animal" if int(i[-1]) % 3 else "doc",
-                     "label": label, "artifact_family": None, "answer": answer, "split": "test"})
+                     "label": label, "artifact_family": None, "artifact_region": None, "answer": answer, "split": "test"})
     rows.append(dict(rows[0], id="train-only", split="train"))
     manifest = pd.DataFrame(rows)
     model = FakeVLM.from_pretrained(saved_tiny_model)
-    params = {"benchmarks": {"test": "mini", "train": None}, "max_new_tokens": 12, "batch_size": 4}
+    params = {"benchmarks": {"test": "mini", "train": None}, "max_new_tokens": 12, "batch_size": 4,
+              "whole_image_region": "the whole image"}
 
     baseline = CNNDetector({"width": 4, "image_size": 32, "image_mean": [0.5] * 3, "image_std": [0.25] * 3})
     baseline_metrics = evaluate_baseline(baseline, manifest, params)
-    predictions, metrics, mlflow_metrics = evaluate(model, manifest, baseline_metrics, params, QUESTION)
+    predictions, metrics, mlflow_metrics = evaluate(model, manifest, baseline_metrics, params, QUESTION,
+                                                        load_params("annotation")["family_cues"])
 
     assert list(predictions["id"]) == [r["id"] for r in rows[:6]]  # the test split only, in order
     assert predictions["prediction"].tolist() == model.generate(
@@ -90,6 +94,32 @@ def test_compute_metrics_per_benchmark():
     assert metrics["a"]["per_category"]["doc"]["ece"] == pytest.approx(metrics["a"]["ece"])
 
 
+def test_faithfulness_reads_the_caught_fakes_of_known_families_and_the_reals_judged_real():
+    rows = pd.DataFrame({
+        "label": ["fake", "fake", "fake", "fake", "real", "real"],
+        "predicted_label": ["fake", "fake", "real", "fake", "real", "real"],
+        "artifact_family": ["checkerboard", "splice", "checkerboard", "FLUX", None, None],
+        "artifact_region": ["the upper left", "a patch in the centre", "the upper left", "the whole image", None, None],
+        "prediction": ["This is a fake image. The upper left carries a checkerboard pattern.",
+                       "This is a fake image. The whole image is over-smoothed.",
+                       "This is a real image. No checkerboard pattern.",       # missed: not read
+                       "This is a fake image. A checkerboard pattern.",         # family unknown: not read
+                       "This is a real image. The grain is even.",
+                       "This is a real image. The sky is over-smoothed."],
+    })
+    cues = load_params("annotation")["family_cues"]
+    result = explanation_faithfulness(rows, cues, "the whole image")
+    assert (result["n"], result["family_named"], result["wrong_family_named"]) == (2, 0.5, 0.5)
+    assert (result["n_placed"], result["place_named"]) == (2, 0.5)
+    assert result["real_names_artifact"] == 0.5
+    assert set(result["per_family"]) == {"checkerboard", "splice"}
+    assert explanation_faithfulness(rows[rows["label"] == "real"], cues, "the whole image") is None
+
+    scored = rows.assign(benchmark="b", category="doc", reference=rows["prediction"], fake_probability=0.5)
+    page = render_evaluation_html({"b": {**compute_metrics(scored)["b"], "faithfulness": result}}, {}, [])
+    assert "Explanation faithfulness" in page and "<td>splice</td><td>1</td><td>0.000</td><td>1.000</td>" in page
+
+
 def test_per_generator_scores_each_generators_fakes_against_all_real_images():
     predictions = pd.DataFrame({
         "label": ["real", "real", "real", "fake", "fake", "fake", "fake"],
@@ -132,7 +162,8 @@ def test_loki_benchmark_scores_explanations_where_loki_gives_them(saved_tiny_mod
     for (i, image, label, answer), reference in zip(labelled_images[:3], ["This is a fake image. The fur melts.", None, None]):
         image.save(tmp_path / f"{i}.png")
         rows.append({"id": i, "image_path": str(tmp_path / f"{i}.png"), "category": "animal", "label": label,
-                     "artifact_family": None, "answer": answer, "reference_answer": reference, "split": "loki"})
+                     "artifact_family": None, "artifact_region": None, "answer": answer, "reference_answer": reference,
+                     "split": "loki"})
     model = FakeVLM.from_pretrained(saved_tiny_model)
     predictions = predict(model, pd.DataFrame(rows), {**params, "benchmarks": {"loki": params["benchmarks"]["loki"]}},
                           QUESTION)

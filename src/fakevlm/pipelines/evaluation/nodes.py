@@ -14,7 +14,9 @@ from fakevlm.baseline import LABELS, CNNDetector
 from fakevlm.metrics import (
     CLASSES,
     UNPARSED,
+    faithfulness,
     flatten_metrics,
+    named_families,
     parse_verdict,
     probability_scores,
     rouge_l_scores,
@@ -66,6 +68,7 @@ def predict(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, An
                     "category": rows["category"].to_numpy(),
                     "label": rows["label"].to_numpy(),
                     "artifact_family": rows["artifact_family"].to_numpy(),
+                    "artifact_region": rows["artifact_region"].to_numpy(),
                     "reference": _references(rows, params, split).to_numpy(),
                     "prediction": answers,
                     "predicted_label": [parse_verdict(a) for a in answers],
@@ -138,6 +141,21 @@ def per_generator(rows: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return results
 
 
+def explanation_faithfulness(rows: pd.DataFrame, cues: dict[str, list[str]], whole_image: str) -> dict[str, Any] | None:
+    """metrics.faithfulness of the explanations of the fakes the model caught whose family is known
+    (None when a split has none), and `real_names_artifact`: the share of reals judged real whose
+    explanation names an artifact family all the same."""
+    caught = rows[(rows["label"] == "fake") & (rows["predicted_label"] == "fake") & rows["artifact_family"].isin(list(cues))]
+    if caught.empty:
+        return None
+    result = faithfulness(caught["prediction"].tolist(), caught["artifact_family"].tolist(),
+                          caught["artifact_region"].tolist(), cues, whole_image)
+    reals = rows.loc[(rows["label"] == "real") & (rows["predicted_label"] == "real"), "prediction"]
+    result["real_names_artifact"] = float(np.mean([bool(named_families(text, cues)) for text in reals])) \
+        if len(reals) else math.nan
+    return result
+
+
 def evaluate_baseline(
     baseline_model: CNNDetector, validated_manifest: pd.DataFrame, params: dict[str, Any]
 ) -> dict[str, Any]:
@@ -158,10 +176,18 @@ def evaluate(
     baseline_metrics: dict[str, Any],
     params: dict[str, Any],
     question: str,
+    family_cues: dict[str, list[str]],
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, dict[str, float]]]:
-    """Predictions, the metrics report (the baseline's beside FakeVLM's) and the metrics for MLflow."""
+    """Predictions, the metrics report (the baseline's beside FakeVLM's, the explanations'
+    faithfulness) and the metrics for MLflow."""
     predictions = predict(fakevlm_model, validated_manifest, params, question)
     metrics = compute_metrics(predictions)
+    for benchmark, rows in predictions.groupby("benchmark", sort=True):
+        found = explanation_faithfulness(rows, family_cues, params["whole_image_region"])
+        if found:
+            metrics[benchmark]["faithfulness"] = found
+            log.info("%s: the explanation names the artifact family of %.3f of the caught fakes (n=%d)",
+                     benchmark, found["family_named"], found["n"])
     for benchmark, baseline in baseline_metrics.items():
         metrics[benchmark]["baseline_cnn"] = baseline
     mlflow_metrics = {k: {"value": v, "step": 0} for k, v in flatten_metrics(metrics).items()}

@@ -17,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 evaluate,
                 ["fakevlm_model", "validated_manifest", "baseline_metrics", "params:evaluation",
-                 "params:training.question"],
+                 "params:training.question", "params:annotation.family_cues"],
                 ["predictions", "metrics", "evaluation_mlflow_metrics"],
                 name="evaluate",
                 tags=["gpu"],  # its step asks the cluster for GPUs (fakevlm.deploy)
