@@ -108,6 +108,20 @@ def _faithfulness_section(found: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _robustness_section(result: dict[str, Any]) -> list[str]:
+    """The verdict metrics of the split as it is, then under each degradation of the sweep."""
+    if not result.get("robustness"):
+        return []
+    rows = [("none", "", result), *((swept["kind"], swept["strength"], swept)
+                                    for _, swept in sorted(result["robustness"].items()))]
+    return [
+        "<h3>Robustness (the same images degraded)</h3>",
+        table(["degradation", "strength", "accuracy", "fake recall", "real recall", "AP", "ROC-AUC"],
+              ([kind, strength, _number(m["accuracy"]), _number(m["fake_accuracy"]), _number(m["real_accuracy"]),
+                _number(m.get("average_precision")), _number(m.get("roc_auc"))] for kind, strength, m in rows)),
+    ]
+
+
 def render_evaluation_html(metrics: dict[str, Any], figures: dict[str, str], worst: Sequence[dict[str, Any]]) -> str:
     """The evaluation report: per benchmark the summary (FakeVLM beside the CNN baseline), the
     confusion matrix, categories, generators and the explanations' faithfulness; the figures; the
@@ -134,6 +148,7 @@ def render_evaluation_html(metrics: dict[str, Any], figures: dict[str, str], wor
                     _number(per["real_accuracy"]), _number(per["average_precision"]), _number(per["roc_auc"])]
                    for generator, per in sorted(result["per_generator"].items()))),
             *_faithfulness_section(result.get("faithfulness")),
+            *_robustness_section(result),
         ]
     for name, uri in sorted(figures.items()):
         parts.append(f"<h2>{_cell(name)}</h2><img alt=\"{_cell(name)}\" src=\"{html.escape(uri)}\">")

@@ -5,7 +5,8 @@ import pytest
 
 from fakevlm.model import FakeVLM
 from fakevlm.baseline import CNNDetector
-from fakevlm.metrics import flatten_metrics, rouge_l_scores
+from fakevlm.degradations import degrade
+from fakevlm.metrics import flatten_metrics, parse_verdict, rouge_l_scores
 from fakevlm.reports import render_evaluation_html
 from fakevlm.pipelines.evaluation.nodes import (
     benchmark_splits,
@@ -32,7 +33,8 @@ def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_image
     manifest = pd.DataFrame(rows)
     model = FakeVLM.from_pretrained(saved_tiny_model)
     params = {"benchmarks": {"test": "mini", "train": None}, "max_new_tokens": 12, "batch_size": 4,
-              "whole_image_region": "the whole image"}
+              "whole_image_region": "the whole image",
+              "robustness": {"sweep": "small", "sweeps": {"small": {"jpeg": [30], "blur": [2.0]}}, "max_new_tokens": 8}}
 
     baseline = CNNDetector({"width": 4, "image_size": 32, "image_mean": [0.5] * 3, "image_std": [0.25] * 3})
     baseline_metrics = evaluate_baseline(baseline, manifest, params)
@@ -62,9 +64,19 @@ def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_image
     confusion = mini["confusion"]
     assert sum(map(sum, confusion["counts"])) == 6 and confusion["predicted"] == ["real", "fake", "unparsed"]
 
+    # the robustness sweep: the same six images degraded, the verdict read again
+    swept = mini["robustness"]
+    assert sorted(swept) == ["blur_2", "jpeg_30"] and swept["blur_2"]["n"] == 6
+    blurred = [degrade(image, "blur", 2.0) for _, image, *_ in labelled_images[:6]]
+    answers = model.generate(blurred, QUESTION, 8)
+    assert swept["blur_2"]["accuracy"] == pytest.approx(
+        sum(parse_verdict(a) == r["label"] for a, r in zip(answers, rows)) / 6)
+    assert "mini.robustness.jpeg_30.accuracy" in mlflow_metrics
+
     page, confusion_plot, reliability = report_evaluation(predictions, metrics,
                                                           {"calibration_bins": 10, "report_samples": 4})
-    assert page.count("data:image/png;base64,") == 4 + 2   # 4 worst answers, 2 figures
+    assert page.count("data:image/png;base64,") == 4 + 3   # 4 worst answers, 3 figures
+    assert "Robustness" in page and "<td>blur</td><td>2.0</td>" in page and "alt=\"robustness\"" in page
     assert "CNN baseline" in page and "reliability_diagram" in page and "per_category_accuracy" in page
     assert confusion_plot[["actual", "predicted"]].shape == (6, 2)
     assert reliability["count"].sum() == predictions["fake_probability"].notna().sum()

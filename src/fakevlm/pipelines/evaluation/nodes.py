@@ -23,6 +23,7 @@ from fakevlm.metrics import (
     score,
     score_verdicts,
 )
+from fakevlm.degradations import CLEAN, degrade
 from fakevlm.formats import open_image
 from fakevlm.model import FakeVLM
 from fakevlm.reports import figure_data_uri, render_evaluation_html
@@ -156,6 +157,24 @@ def explanation_faithfulness(rows: pd.DataFrame, cues: dict[str, list[str]], who
     return result
 
 
+def robustness(fakevlm_model: FakeVLM, rows: pd.DataFrame, params: dict[str, Any], question: str) -> dict[str, Any]:
+    """One benchmark split's verdict metrics again under each degradation of the configured sweep,
+    as {"jpeg_75": {kind, strength, accuracy, fake/real accuracy, AP, ROC-AUC, ...}}; the verdict is
+    read from the first tokens of the answer, which hold it."""
+    sweep = params["robustness"]["sweeps"][params["robustness"]["sweep"]] if params["robustness"]["sweep"] else {}
+    images = [example.rgb_image() for example in load_examples(rows)]
+    labels = rows["label"].tolist()
+    results = {}
+    for kind, strengths in sorted(sweep.items()):
+        for strength in strengths:
+            answers, probabilities = fakevlm_model.answer([degrade(image, kind, strength) for image in images], question,
+                                                          params["robustness"]["max_new_tokens"], params["batch_size"])
+            predicted = [parse_verdict(answer) or UNPARSED for answer in answers]
+            results[f"{kind}_{strength:g}"] = {"kind": kind, "strength": float(strength),
+                                               **score_verdicts(predicted, labels), **probability_scores(probabilities, labels)}
+    return results
+
+
 def evaluate_baseline(
     baseline_model: CNNDetector, validated_manifest: pd.DataFrame, params: dict[str, Any]
 ) -> dict[str, Any]:
@@ -179,9 +198,13 @@ def evaluate(
     family_cues: dict[str, list[str]],
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, dict[str, float]]]:
     """Predictions, the metrics report (the baseline's beside FakeVLM's, the explanations'
-    faithfulness) and the metrics for MLflow."""
+    faithfulness, the robustness sweep) and the metrics for MLflow."""
     predictions = predict(fakevlm_model, validated_manifest, params, question)
     metrics = compute_metrics(predictions)
+    for split, benchmark in benchmark_splits(params):
+        swept = robustness(fakevlm_model, split_rows(validated_manifest, split), params, question)
+        if swept:
+            metrics[benchmark]["robustness"] = swept
     for benchmark, rows in predictions.groupby("benchmark", sort=True):
         found = explanation_faithfulness(rows, family_cues, params["whole_image_region"])
         if found:
@@ -234,7 +257,27 @@ def _figures(metrics: dict[str, Any], reliability: pd.DataFrame) -> dict[str, An
     axis.set_xticks(np.arange(len(categories)) + 0.4 - width / 2, categories)
     axis.set(ylabel="accuracy", ylim=(0, 1), title="Accuracy per category")
     axis.legend(fontsize="small")
-    return {"reliability_diagram": diagram, "per_category_accuracy": bars}
+    figures = {"reliability_diagram": diagram, "per_category_accuracy": bars}
+    swept = {benchmark: m["robustness"] for benchmark, m in metrics.items() if m.get("robustness")}
+    if swept:
+        figures["robustness"] = _robustness_figure(plt, metrics, swept)
+    return figures
+
+
+def _robustness_figure(plt, metrics: dict[str, Any], swept: dict[str, dict[str, Any]]):
+    """Accuracy against each degradation's strength, per benchmark; the first point is the clean split."""
+    kinds = sorted({s["kind"] for results in swept.values() for s in results.values()})
+    figure, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.5), squeeze=False)
+    for axis, kind in zip(axes[0], kinds):
+        for benchmark, results in sorted(swept.items()):
+            points = sorted([(CLEAN[kind], metrics[benchmark]["accuracy"]),
+                             *((s["strength"], s["accuracy"]) for s in results.values() if s["kind"] == kind)])
+            axis.plot(*zip(*points), "o-", label=benchmark)
+        axis.set(xlabel=f"{kind} strength", ylabel="accuracy", ylim=(0, 1), title=kind)
+        if kind == "jpeg":
+            axis.invert_xaxis()   # quality: lower is stronger
+    axes[0][0].legend(fontsize="small")
+    return figure
 
 
 def _thumbnail(image_path: str) -> str:
