@@ -14,7 +14,19 @@ import pytest
 from rouge_score.rouge_scorer import RougeScorer
 from sklearn.metrics import accuracy_score, f1_score
 
-from fakevlm.metrics import UNPARSED, css_scores, faithfulness, named_families, names_place, parse_verdict, score, split_answer
+from fakevlm.metrics import (
+    UNPARSED,
+    apply_temperature,
+    css_scores,
+    faithfulness,
+    fit_temperature,
+    named_families,
+    names_place,
+    parse_verdict,
+    probability_scores,
+    score,
+    split_answer,
+)
 
 from .conftest import QUESTION, load_params
 
@@ -380,3 +392,19 @@ def test_faithfulness_counts_right_wrong_and_placed():
     assert result["per_family"]["checkerboard"]["family_named"] == pytest.approx(2 / 3)
     assert result["per_family"]["realesrgan_x4plus"] == {"n": 1, "family_named": 1.0, "wrong_family_named": 1.0,
                                                         "n_placed": 0, "place_named": pytest.approx(math.nan, nan_ok=True)}
+
+
+def test_temperature_scaling_lowers_ece_of_an_overconfident_detector_and_keeps_its_ranking():
+    rng = np.random.default_rng(0)
+    is_fake = rng.random(2000) < 0.5
+    evidence = np.where(is_fake, 1.0, -1.0) + rng.normal(0, 1.5, 2000)
+    labels = ["fake" if f else "real" for f in is_fake]
+    overconfident = (1 / (1 + np.exp(-4 * evidence))).tolist()   # a calibrated logit, times 4
+    overconfident[0] = math.nan                                     # an answer without a verdict
+    temperature = fit_temperature(overconfident, labels)
+    calibrated = apply_temperature(overconfident, temperature)
+    before, after = probability_scores(overconfident, labels), probability_scores(calibrated, labels)
+    assert 3.0 < temperature < 5.5 and math.isnan(calibrated[0])
+    assert after["ece"] < 0.5 * before["ece"]
+    assert after["roc_auc"] == pytest.approx(before["roc_auc"])
+    assert [p >= 0.5 for p in calibrated[1:]] == [p >= 0.5 for p in overconfident[1:]]   # same verdicts

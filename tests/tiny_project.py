@@ -21,7 +21,7 @@ from .conftest import PROJECT_ROOT
 
 # conf/local of the copy: the same stages, on a few images and a few steps
 TINY = {
-    "ingestion": {"fakeclue_mini": {"per_category": {"train": 4, "test": 2}}},
+    "ingestion": {"fakeclue_mini": {"per_category": {"train": 4, "val": 2, "test": 2}}},
     "training": {
         "model": {
             "tokenizer_vocab_size": 300,

@@ -397,6 +397,44 @@ def probability_scores(fake_probabilities: Sequence[float], labels: Sequence[str
     }
 
 
+# --- calibration -------------------------------------------------------------------------------
+
+_PROBABILITY_FLOOR = 1e-7   # a float32 softmax saturates at 0 or 1; its logit must stay finite
+
+
+def _logits(fake_probabilities: Sequence[float]) -> np.ndarray:
+    p = np.clip(np.asarray(fake_probabilities, dtype=float), _PROBABILITY_FLOOR, 1 - _PROBABILITY_FLOOR)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_temperature(fake_probabilities: Sequence[float], labels: Sequence[str]) -> float:
+    """Temperature scaling (Guo et al., 2017) of a two-class verdict: the T > 0 for which
+    sigmoid(logit(p) / T) has the least negative log-likelihood on these labelled samples (those
+    without a probability left out). Dividing the logit keeps its sign, so the verdict at 0.5 and
+    the ranking (ROC-AUC) do not change."""
+    from scipy.optimize import minimize_scalar
+
+    _check_same_length(fake_probabilities=fake_probabilities, labels=labels)
+    _check_labels(labels)
+    keep = ~np.isnan(np.asarray(fake_probabilities, dtype=float))
+    if not keep.any():
+        raise ValueError("fit_temperature() needs samples with a probability; got none")
+    logits = _logits(np.asarray(fake_probabilities, dtype=float)[keep])
+    sign = np.where(np.asarray(labels)[keep] == "fake", 1.0, -1.0)
+
+    def nll(log_temperature: float) -> float:
+        return float(np.mean(np.logaddexp(0.0, -sign * logits / np.exp(log_temperature))))
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-5.0, 5.0), method="bounded").x))
+
+
+def apply_temperature(fake_probabilities: Sequence[float], temperature: float) -> list[float]:
+    """The calibrated fake probabilities, sigmoid(logit(p) / T); NaN stays NaN."""
+    p = np.asarray(fake_probabilities, dtype=float)
+    calibrated = 1.0 / (1.0 + np.exp(-_logits(p) / temperature))
+    return np.where(np.isnan(p), np.nan, calibrated).tolist()
+
+
 # --- explanation faithfulness ------------------------------------------------------------------
 
 # What cancels a mention: "no checkerboard", "nothing was spliced" ("than" compares, it does not negate).

@@ -93,6 +93,15 @@ def figure_data_uri(figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _calibration_section(result: dict[str, Any]) -> list[str]:
+    calibrated = result.get("calibrated")
+    if not calibrated:
+        return []
+    return [f"<p>Calibration (temperature {_number(calibrated['temperature'])}, fitted on a split of its own): "
+            f"ECE {_number(result['ece'])} before, {_number(calibrated['ece'])} after; the verdicts and the "
+            f"ROC-AUC do not change.</p>"]
+
+
 def _faithfulness_section(found: dict[str, Any] | None) -> list[str]:
     """Whether the explanations of the caught fakes name the artifact that was made, per family."""
     if not found:
@@ -137,8 +146,9 @@ def render_evaluation_html(metrics: dict[str, Any], figures: dict[str, str], wor
             table(["truth \\ answer", *result["confusion"]["predicted"]],
                   ([truth, *counts] for truth, counts in zip(result["confusion"]["truth"], result["confusion"]["counts"]))),
             "<h3>Per category</h3>",
-            table(["category", "n", "accuracy", "CNN baseline accuracy", "F1", "ROUGE-L", "CSS", "ECE"],
-                  ([cat, per["n"], _number(per["accuracy"]),
+            table(["category", "n", "accuracy", "real recall", "fake recall", "CNN baseline accuracy", "F1", "ROUGE-L",
+                   "CSS", "ECE"],
+                  ([cat, per["n"], _number(per["accuracy"]), _number(per["real_accuracy"]), _number(per["fake_accuracy"]),
                     _number(baseline.get("per_category", {}).get(cat, {}).get("accuracy")),
                     _number(per["f1"]), _number(per["rouge_l"]), _number(per["css"]), _number(per.get("ece"))]
                    for cat, per in sorted(result["per_category"].items()))),
@@ -147,6 +157,7 @@ def render_evaluation_html(metrics: dict[str, Any], figures: dict[str, str], wor
                   ([generator, per["n_fake"], _number(per["accuracy"]), _number(per["fake_accuracy"]),
                     _number(per["real_accuracy"]), _number(per["average_precision"]), _number(per["roc_auc"])]
                    for generator, per in sorted(result["per_generator"].items()))),
+            *_calibration_section(result),
             *_faithfulness_section(result.get("faithfulness")),
             *_robustness_section(result),
         ]

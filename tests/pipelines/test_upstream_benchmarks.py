@@ -61,7 +61,7 @@ def test_loki_and_ddvqa_from_ingestion_to_metrics(tmp_path, saved_tiny_model):
 
     benchmarks = {"loki": {"name": "loki", "references": "source"}, "ddvqa": {"name": "ddvqa", "references": "source"}}
     evaluation = {"benchmarks": benchmarks, "max_new_tokens": 8, "batch_size": 4, "whole_image_region": "the whole image",
-                  "robustness": {"sweep": None}}
+                  "robustness": {"sweep": None}, "calibration": {"split": None}}
     baseline = CNNDetector({"width": 4, "image_size": 32, "image_mean": [0.5] * 3, "image_std": [0.25] * 3})
     baseline_metrics = evaluate_baseline(baseline, validated, evaluation)
     predictions, metrics, mlflow_metrics = evaluate(FakeVLM.from_pretrained(saved_tiny_model), validated,

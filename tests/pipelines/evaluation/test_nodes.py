@@ -30,11 +30,13 @@ def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_image
         rows.append({"id": i, "image_path": str(path), "category": "animal" if int(i[-1]) % 3 else "doc",
                      "label": label, "artifact_family": None, "artifact_region": None, "answer": answer, "split": "test"})
     rows.append(dict(rows[0], id="train-only", split="train"))
+    rows += [dict(row, id=f"val-{row['id']}", split="val") for row in rows[:4]]   # the calibration split
     manifest = pd.DataFrame(rows)
     model = FakeVLM.from_pretrained(saved_tiny_model)
     params = {"benchmarks": {"test": "mini", "train": None}, "max_new_tokens": 12, "batch_size": 4,
               "whole_image_region": "the whole image",
-              "robustness": {"sweep": "small", "sweeps": {"small": {"jpeg": [30], "blur": [2.0]}}, "max_new_tokens": 8}}
+              "robustness": {"sweep": "small", "sweeps": {"small": {"jpeg": [30], "blur": [2.0]}}},
+              "calibration": {"split": "val"}, "calibration_bins": 10, "verdict_max_new_tokens": 8}
 
     baseline = CNNDetector({"width": 4, "image_size": 32, "image_mean": [0.5] * 3, "image_std": [0.25] * 3})
     baseline_metrics = evaluate_baseline(baseline, manifest, params)
@@ -63,6 +65,11 @@ def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_image
     assert "mini.baseline_cnn.accuracy" in mlflow_metrics
     confusion = mini["confusion"]
     assert sum(map(sum, confusion["counts"])) == 6 and confusion["predicted"] == ["real", "fake", "unparsed"]
+
+    # calibration: a temperature fitted on the val rows; the ranking stays, only the confidence moves
+    calibrated = mini["calibrated"]
+    assert calibrated["temperature"] > 0 and calibrated["roc_auc"] == pytest.approx(mini["roc_auc"], nan_ok=True)
+    assert predictions["fake_probability_calibrated"].isna().equals(predictions["fake_probability"].isna())
 
     # the robustness sweep: the same six images degraded, the verdict read again
     swept = mini["robustness"]

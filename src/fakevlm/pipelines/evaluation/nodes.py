@@ -14,7 +14,9 @@ from fakevlm.baseline import LABELS, CNNDetector
 from fakevlm.metrics import (
     CLASSES,
     UNPARSED,
+    apply_temperature,
     faithfulness,
+    fit_temperature,
     flatten_metrics,
     named_families,
     parse_verdict,
@@ -168,11 +170,28 @@ def robustness(fakevlm_model: FakeVLM, rows: pd.DataFrame, params: dict[str, Any
     for kind, strengths in sorted(sweep.items()):
         for strength in strengths:
             answers, probabilities = fakevlm_model.answer([degrade(image, kind, strength) for image in images], question,
-                                                          params["robustness"]["max_new_tokens"], params["batch_size"])
+                                                          params["verdict_max_new_tokens"], params["batch_size"])
             predicted = [parse_verdict(answer) or UNPARSED for answer in answers]
             results[f"{kind}_{strength:g}"] = {"kind": kind, "strength": float(strength),
                                                **score_verdicts(predicted, labels), **probability_scores(probabilities, labels)}
     return results
+
+
+def calibrate(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, Any], question: str) -> float:
+    """The temperature of the verdict's fake probability (metrics.fit_temperature), fitted on the
+    calibration split: neither trained on nor benchmarked. 1 (no change) when no answer there
+    names a verdict, as an untrained model's."""
+    rows = split_rows(manifest, params["calibration"]["split"])
+    _, probabilities = fakevlm_model.answer([example.rgb_image() for example in load_examples(rows)], question,
+                                            params["verdict_max_new_tokens"], params["batch_size"])
+    if all(math.isnan(p) for p in probabilities):
+        log.warning("calibration: no answer on split %r names a verdict; temperature 1 (unchanged)",
+                    params["calibration"]["split"])
+        return 1.0
+    temperature = fit_temperature(probabilities, rows["label"].tolist())
+    log.info("calibration: temperature %.3f fitted on %d images of split %r", temperature, len(rows),
+             params["calibration"]["split"])
+    return temperature
 
 
 def evaluate_baseline(
@@ -201,6 +220,12 @@ def evaluate(
     faithfulness, the robustness sweep) and the metrics for MLflow."""
     predictions = predict(fakevlm_model, validated_manifest, params, question)
     metrics = compute_metrics(predictions)
+    if params["calibration"]["split"]:
+        temperature = calibrate(fakevlm_model, validated_manifest, params, question)
+        predictions["fake_probability_calibrated"] = apply_temperature(predictions["fake_probability"], temperature)
+        for benchmark, rows in predictions.groupby("benchmark", sort=True):
+            metrics[benchmark]["calibrated"] = {"temperature": temperature, **probability_scores(
+                rows["fake_probability_calibrated"].tolist(), rows["label"].tolist(), params["calibration_bins"])}
     for split, benchmark in benchmark_splits(params):
         swept = robustness(fakevlm_model, split_rows(validated_manifest, split), params, question)
         if swept:
@@ -233,16 +258,19 @@ def reliability_table(predictions: pd.DataFrame, n_bins: int) -> pd.DataFrame:
                        count=("accuracy", "size")).reset_index()
 
 
-def _figures(metrics: dict[str, Any], reliability: pd.DataFrame) -> dict[str, Any]:
+def _figures(metrics: dict[str, Any], reliability: pd.DataFrame, calibrated: pd.DataFrame | None) -> dict[str, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     diagram, axis = plt.subplots(figsize=(4.5, 4.5))
-    axis.plot([0.5, 1], [0.5, 1], "k:", label="calibrated")
-    for benchmark, part in reliability.groupby("benchmark", sort=True):
-        axis.plot(part["confidence"], part["accuracy"], "o-", label=benchmark)
+    axis.plot([0.5, 1], [0.5, 1], "k:", label="perfectly calibrated")
+    for (benchmark, part), colour in zip(reliability.groupby("benchmark", sort=True), plt.rcParams["axes.prop_cycle"]):
+        axis.plot(part["confidence"], part["accuracy"], "o-", label=benchmark, **colour)
+        if calibrated is not None:
+            after = calibrated[calibrated["benchmark"] == benchmark]
+            axis.plot(after["confidence"], after["accuracy"], "x--", label=f"{benchmark}, temperature-scaled", **colour)
     axis.set(xlabel="confidence of the verdict", ylabel="accuracy", title="Reliability diagram")
     axis.legend()
     bars, axis = plt.subplots(figsize=(7, 3.5))
@@ -306,7 +334,9 @@ def report_evaluation(
     import mlflow  # here, not at module level: Kedro imports every pipeline on each run
 
     reliability = reliability_table(predictions, params["calibration_bins"])
-    figures = _figures(metrics, reliability)
+    calibrated = reliability_table(predictions.assign(fake_probability=predictions["fake_probability_calibrated"]),
+                                   params["calibration_bins"]) if "fake_probability_calibrated" in predictions else None
+    figures = _figures(metrics, reliability, calibrated)
     page = render_evaluation_html(metrics, {name: figure_data_uri(f) for name, f in figures.items()},
                                   worst_answers(predictions, params["report_samples"]))
     if mlflow.active_run() is not None:
