@@ -12,7 +12,7 @@ from typing import Any
 
 _STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
           "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
-          ".fail{background:#fde2e2}.pass{background:#e3f6e3}")
+          ".fail,.wrong{background:#fde2e2}.pass{background:#e3f6e3}")
 
 
 def _cell(value: Any) -> str:
@@ -75,7 +75,7 @@ def _note_counts(notes: Iterable[dict[str, Any]]) -> dict[str, int]:
 
 # --- evaluation ------------------------------------------------------------------------------------
 
-SUMMARY_KEYS = ("n", "accuracy", "verdict_token_accuracy", "f1", "macro_f1", "real_accuracy", "fake_accuracy",
+SUMMARY_KEYS = ("n", "n_explained", "accuracy", "verdict_token_accuracy", "f1", "macro_f1", "real_accuracy", "fake_accuracy",
                 "rouge_l", "css", "roc_auc", "average_precision", "ece", "n_unparsed")
 
 
@@ -117,6 +117,22 @@ def _faithfulness_section(found: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _examples_section(examples: Sequence[dict[str, Any]]) -> list[str]:
+    """Per group (family, generator, real images): the image, the truth, the verdict, the answer and its reference."""
+    if not examples:
+        return []
+    rows = "".join(
+        f"<tr class=\"{'wrong' if item['wrong'] else 'right'}\"><td><img src=\"{html.escape(item['image'])}\" "
+        f"width=\"96\" alt=\"{_cell(item['id'])}\"></td><td>{_cell(item['group'])}<br>{_cell(item['id'])}</td>"
+        f"<td>{_cell(item['label'])}</td><td class=\"verdict\">{_cell(item['predicted_label'] or 'no verdict')}</td>"
+        f"<td>{_number(item['fake_probability'])}</td><td>{_cell(item['prediction'])}</td>"
+        f"<td>{_cell(item['reference'])}</td></tr>"
+        for item in examples)
+    return ["<h3>Examples (per group: the most confident mistake, then the answers closest to their reference)</h3>",
+            "<table><thead><tr><th>image</th><th>group, id</th><th>truth</th><th>verdict</th><th>fake probability</th>"
+            f"<th>generated</th><th>reference</th></tr></thead><tbody>{rows}</tbody></table>"]
+
+
 def _robustness_section(result: dict[str, Any]) -> list[str]:
     """The verdict metrics of the split as it is, then under each degradation of the sweep."""
     if not result.get("robustness"):
@@ -131,10 +147,11 @@ def _robustness_section(result: dict[str, Any]) -> list[str]:
     ]
 
 
-def render_evaluation_html(metrics: dict[str, Any], figures: dict[str, str], worst: Sequence[dict[str, Any]]) -> str:
+def render_evaluation_html(metrics: dict[str, Any], figures: dict[str, str], examples: Sequence[dict[str, Any]]) -> str:
     """The evaluation report: per benchmark the summary (FakeVLM beside the CNN baseline), the
-    confusion matrix, categories, generators and the explanations' faithfulness; the figures; the
-    worst answers."""
+    confusion matrix, categories, generators, calibration, the explanations' faithfulness, the
+    robustness sweep and example images with their answers; then the figures. One file: the
+    images are inline."""
     parts = ["<h1>Evaluation report</h1>"]
     for benchmark, result in sorted(metrics.items()):
         baseline = result.get("baseline_cnn", {})
@@ -160,16 +177,9 @@ def render_evaluation_html(metrics: dict[str, Any], figures: dict[str, str], wor
             *_calibration_section(result),
             *_faithfulness_section(result.get("faithfulness")),
             *_robustness_section(result),
+            *_examples_section([item for item in examples if item["benchmark"] == benchmark]),
         ]
     for name, uri in sorted(figures.items()):
         parts.append(f"<h2>{_cell(name)}</h2><img alt=\"{_cell(name)}\" src=\"{html.escape(uri)}\">")
-    parts.append("<h2>Worst answers first (wrong verdicts, most confident first; then lowest ROUGE-L)</h2>")
-    rows = "".join(
-        f"<tr><td><img src=\"{html.escape(item['image'])}\" width=\"96\"></td><td>{_cell(item['id'])}<br>"
-        f"{_cell(item['benchmark'])}</td><td>{_cell(item['label'])}</td><td>{_number(item['fake_probability'])}</td>"
-        f"<td>{_cell(item['prediction'])}</td><td>{_cell(item['reference'])}</td></tr>"
-        for item in worst)
-    parts.append("<table><thead><tr><th>image</th><th>id</th><th>truth</th><th>fake probability</th>"
-                 f"<th>generated</th><th>reference</th></tr></thead><tbody>{rows}</tbody></table>")
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Evaluation report</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")

@@ -84,17 +84,21 @@ def test_filters_send_rows_to_quarantine_with_their_reason(tmp_path, five_rows):
     }
     outputs = outputs_for(five_rows, "grounded", answers, errors={"img003": "APITimeoutError: timed out"})
     annotated, quarantine = merge_annotations(five_rows, outputs, params)
-    assert annotated["id"].tolist() == ["img000"]
+    assert annotated["id"].tolist() == ["img000", "img004"]
     assert annotated.at[0, "answer"] == answers["img000"] and annotated.at[0, "prompt_versions"] == "grounded:h"
+    # no clue at all: the image keeps its verdict, unexplained, and still counts for the verdict
+    assert annotated["explained"].tolist() == [True, False]
+    assert annotated.at[1, "answer"] == params["verdict"]["real"]
     reasons = dict(zip(quarantine["id"], quarantine["reason"]))
     assert reasons["img001"].startswith("contradicts the label 'fake'")
     assert reasons["img002"].startswith("too short: 6 words")
     assert reasons["img003"] == "annotator failed: grounded: APITimeoutError: timed out"
-    assert reasons["img004"] == "no clue left after merging"
+    assert sorted(reasons) == ["img001", "img002", "img003"]
     assert len(annotated) + len(quarantine) == len(five_rows)
     # the report counts the contradiction although its row went to quarantine: 1 of 4 answers
     summary = quality_summary(annotated, quarantine, outputs, params, prompts())
     assert summary["annotators"]["grounded"]["contradiction_rate"] == pytest.approx(0.25)
+    assert summary["verdict_only"] == 1
 
 
 def test_source_answers_are_kept_as_they_stand(tmp_path, five_rows):

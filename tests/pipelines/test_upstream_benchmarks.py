@@ -44,9 +44,10 @@ def test_loki_and_ddvqa_from_ingestion_to_metrics(tmp_path, saved_tiny_model):
     kept = annotated.set_index("id").loc[explained["id"]]
     assert (kept["annotator"] == "source").all() and kept["answer"].tolist() == explained["reference_answer"].tolist()
     assert kept["answer"].str.match(r"This is a (fake|real) image\. \S").all()
-    # d.png (fake, no explanation): the grounded annotator finds nothing to say on noise
-    assert annotation_quarantine[["id", "reason"]].values.tolist() == [
-        ["loki/loki/media_data/image/d.png", "no clue left after merging"]]
+    # d.png (fake, no explanation): the grounded annotator finds nothing to say on noise; it keeps
+    # its verdict alone and counts for accuracy, not for the explanation metrics
+    assert annotation_quarantine.empty and annotation_summary["verdict_only"] == 1
+    assert annotated.loc[~annotated["explained"], "id"].tolist() == ["loki/loki/media_data/image/d.png"]
 
     rules = load_params("validation")
     report, validation_quarantine = check_manifest(annotated, rules)
@@ -73,6 +74,6 @@ def test_loki_and_ddvqa_from_ingestion_to_metrics(tmp_path, saved_tiny_model):
         assert metrics[split]["n"] == metrics[split]["baseline_cnn"]["n"] == len(rows)
         assert metrics[split]["n_explained"] == rows["reference_answer"].notna().sum()
         assert 0.0 <= metrics[split]["rouge_l"] <= 1.0 and f"{split}.accuracy" in mlflow_metrics
-    assert (metrics["loki"]["n"], metrics["loki"]["n_explained"], metrics["ddvqa"]["n"]) == (3, 2, 5)
+    assert (metrics["loki"]["n"], metrics["loki"]["n_explained"], metrics["ddvqa"]["n"]) == (4, 2, 5)
     assert set(metrics["ddvqa"]["per_category"]) == {"deepfake"}
-    assert set(metrics["loki"]["per_category"]) == {"animal", "human"}
+    assert set(metrics["loki"]["per_category"]) == {"animal", "human", "scene"}   # d.png counts for the verdict

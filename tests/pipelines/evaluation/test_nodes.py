@@ -28,7 +28,7 @@ def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_image
         path = tmp_path / f"{i}.png"
         image.save(path)
         rows.append({"id": i, "image_path": str(path), "category": "animal" if int(i[-1]) % 3 else "doc",
-                     "label": label, "artifact_family": None, "artifact_region": None, "answer": answer, "split": "test"})
+                     "label": label, "artifact_family": None, "artifact_region": None, "answer": answer, "explained": True, "split": "test"})
     rows.append(dict(rows[0], id="train-only", split="train"))
     rows += [dict(row, id=f"val-{row['id']}", split="val") for row in rows[:4]]   # the calibration split
     manifest = pd.DataFrame(rows)
@@ -82,7 +82,12 @@ def test_evaluate_generates_scores_and_flattens(saved_tiny_model, labelled_image
 
     page, confusion_plot, reliability = report_evaluation(predictions, metrics,
                                                           {"calibration_bins": 10, "report_samples": 4})
-    assert page.count("data:image/png;base64,") == 4 + 3   # 4 worst answers, 3 figures
+    # per group (here the reals and the fakes of no known generator) its worst mistake, then right
+    # answers, 4 in all; and 3 figures
+    wrong = predictions["predicted_label"] != predictions["label"]
+    shown = sum(min(1, w) + min(4 - min(1, w), r) for w, r in
+                zip(wrong.groupby(predictions["label"]).sum(), (~wrong).groupby(predictions["label"]).sum()))
+    assert page.count("data:image/png;base64,") == shown + 3 and page.count('class="verdict"') == shown
     assert "Robustness" in page and "<td>blur</td><td>2.0</td>" in page and "alt=\"robustness\"" in page
     assert "CNN baseline" in page and "reliability_diagram" in page and "per_category_accuracy" in page
     assert confusion_plot[["actual", "predicted"]].shape == (6, 2)
@@ -181,7 +186,8 @@ def test_loki_benchmark_scores_explanations_where_loki_gives_them(saved_tiny_mod
     for (i, image, label, answer), reference in zip(labelled_images[:3], ["This is a fake image. The fur melts.", None, None]):
         image.save(tmp_path / f"{i}.png")
         rows.append({"id": i, "image_path": str(tmp_path / f"{i}.png"), "category": "animal", "label": label,
-                     "artifact_family": None, "artifact_region": None, "answer": answer, "reference_answer": reference,
+                     "artifact_family": None, "artifact_region": None, "answer": answer, "explained": True,
+                     "reference_answer": reference,
                      "split": "loki"})
     model = FakeVLM.from_pretrained(saved_tiny_model)
     predictions = predict(model, pd.DataFrame(rows), {**params, "benchmarks": {"loki": params["benchmarks"]["loki"]}},

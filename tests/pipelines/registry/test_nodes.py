@@ -35,7 +35,7 @@ def registrar(model_dir, labelled_images, tmp_path, name="fakevlm"):
     labelled_images[0][1].save(image_path)
     manifest = pd.DataFrame({"id": ["a"], "image_path": [str(image_path)], "sha256": ["00"], "label": ["fake"],
                              "split": ["test"], "category": ["doc"], "artifact_family": ["glyph_garble"],
-                             "artifact_region": ["a line of text in the middle"],
+                             "artifact_region": ["a line of text in the middle"], "explained": [True],
                              "answer": ["This is a fake image. In the text line the glyphs are garbled."]})
     model = FakeVLM.from_pretrained(model_dir)
 

@@ -48,8 +48,13 @@ def annotate_images(
 def merge_annotations(
     manifest: pd.DataFrame, annotator_outputs: pd.DataFrame, params: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The annotated manifest (answer, annotator, prompt_versions, clue_agreement) and the
-    quarantine (the rows that failed, each with its `reason`)."""
+    """The annotated manifest (answer, annotator, prompt_versions, clue_agreement, explained) and
+    the quarantine (the rows that failed, each with its `reason`).
+
+    An image about which the annotators find nothing to say keeps its verdict: its answer is the
+    verdict sentence alone and `explained` is false, so it still counts for the verdict (training
+    and every benchmark's accuracy) but is no reference for explanation metrics. Dropping it would
+    leave the benchmarks without the real images that are hardest to explain."""
     order = list(params["annotators"])
     by_id: dict[str, dict[str, tuple]] = {}
     for output in annotator_outputs.itertuples(index=False):
@@ -61,41 +66,42 @@ def merge_annotations(
         if keep:
             # a source's own answer is kept as written, unless it says the opposite of its label
             wrong = contradicts(row.reference_answer, row.label)
-            records.append((row.reference_answer, "source", "", np.nan,
+            records.append((row.reference_answer, "source", "", np.nan, True,
                             f"source answer contradicts the label {row.label!r}" if wrong else None))
         else:
             records.append(_merge_row(row.label, by_id[row.id], order, embeddings, params))
-    columns = ["answer", "annotator", "prompt_versions", "clue_agreement", "reason"]
+    columns = ["answer", "annotator", "prompt_versions", "clue_agreement", "explained", "reason"]
     out = pd.concat([manifest.reset_index(drop=True), pd.DataFrame(records, columns=columns)], axis=1)
     kept = kept.reset_index(drop=True)
-    candidates = out["reason"].isna() & ~kept
+    candidates = out["reason"].isna() & ~kept & out["explained"]
     generic = generic_mask(out.loc[candidates, "answer"].tolist(), **params["filters"]["generic"])
     out.loc[out.index[candidates][generic], "reason"] = "generic: near-identical to many other answers"
     failed = out["reason"].notna()
     annotated = out[~failed].drop(columns="reason").reset_index(drop=True)
     quarantine = out[failed].reset_index(drop=True)
-    log.info("annotation: %d rows in, %d annotated (%d kept from the source), %d quarantined %s",
-             len(manifest), len(annotated), int(kept.sum()), len(quarantine),
+    log.info("annotation: %d rows in, %d annotated (%d kept from the source, %d the verdict alone), %d quarantined %s",
+             len(manifest), len(annotated), int(kept.sum()), int((~annotated["explained"].astype(bool)).sum()), len(quarantine),
              quarantine["reason"].map(_reason_kind).value_counts().to_dict())
     return annotated, quarantine
 
 
 def _merge_row(label: str, outputs: dict[str, tuple], order: list[str], embeddings: dict, params: dict[str, Any]):
-    """(answer, annotators, prompt versions, clue agreement, quarantine reason or None) of one row;
-    `outputs` maps annotator -> (prompt hash, answer, error)."""
+    """(answer, annotators, prompt versions, clue agreement, explained, quarantine reason or None) of
+    one row; `outputs` maps annotator -> (prompt hash, answer, error). No clue left: the verdict alone."""
     versions = ";".join(f"{name}:{outputs[name][0]}" for name in order)
     failed = [f"{name}: {outputs[name][2]}" for name in order if isinstance(outputs[name][2], str)]
     if failed:
-        return None, "+".join(order), versions, np.nan, "annotator failed: " + "; ".join(failed)
+        return None, "+".join(order), versions, np.nan, False, "annotator failed: " + "; ".join(failed)
     usable = [name for name in order if not contradicts(outputs[name][1], label)]
     if not usable:
-        return None, "+".join(order), versions, np.nan, f"contradicts the label {label!r}: {', '.join(order)}"
+        return None, "+".join(order), versions, np.nan, False, f"contradicts the label {label!r}: {', '.join(order)}"
     merged = merge(params["verdict"][label], [outputs[name][1] for name in usable], embeddings, params["merge"],
                    [name in params["merge"]["trusted"] for name in usable])
     annotators = "+".join(usable)
     if merged.answer is None:
-        return None, annotators, versions, merged.agreement, "no clue left after merging"
-    return merged.answer, annotators, versions, merged.agreement, length_problem(merged.answer, params["filters"]["words"])
+        return params["verdict"][label], annotators, versions, merged.agreement, False, None
+    return (merged.answer, annotators, versions, merged.agreement, True,
+            length_problem(merged.answer, params["filters"]["words"]))
 
 
 def _clue_embeddings(annotator_outputs: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -30,6 +30,7 @@ def quality_summary(
         "annotated": len(annotated),
         "quarantined": len(quarantine),
         "kept_from_source": int((annotated["annotator"] == "source").sum()),
+        "verdict_only": int((~annotated["explained"].astype(bool)).sum()),   # no clue found: no explanation
         "quarantine_reasons": {str(k): int(v) for k, v in reasons.items()},
         "genericity_rate": float(reasons.get("generic", 0) / rows_in) if rows_in else 0.0,
         "words": {"mean": _float(words.mean()), "min": int(words.min()) if len(words) else 0,

@@ -47,10 +47,12 @@ def _benchmark(value: str | dict[str, Any]) -> dict[str, Any]:
 
 
 def _references(rows: pd.DataFrame, params: dict[str, Any], split: str) -> pd.Series:
-    """Each row's reference text: the annotated `answer`, or with `references: source` the source's own
-    explanation (`reference_answer`, LOKI's open-ended descriptions), missing where it gave none."""
-    column = {"answer": "answer", "source": "reference_answer"}[_benchmark(params["benchmarks"][split])["references"]]
-    return rows[column]
+    """Each row's reference text: the annotated `answer` where it explains (not the verdict alone), or
+    with `references: source` the source's own explanation (`reference_answer`, LOKI's open-ended
+    descriptions); missing where there is none, so the row counts for the verdict only."""
+    if _benchmark(params["benchmarks"][split])["references"] == "source":
+        return rows["reference_answer"]
+    return rows["answer"].where(rows["explained"].astype(bool))
 
 
 def predict(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, Any], question: str) -> pd.DataFrame:
@@ -315,14 +317,23 @@ def _thumbnail(image_path: str) -> str:
     return "data:image/png;base64," + encode_image(thumb)
 
 
-def worst_answers(predictions: pd.DataFrame, count: int) -> list[dict[str, Any]]:
-    """Wrong verdicts first, the most confident first; then the lowest ROUGE-L."""
-    ranked = predictions.assign(
+def report_examples(predictions: pd.DataFrame, per_group: int) -> list[dict[str, Any]]:
+    """Images for the report, per benchmark and group (each fake family or generator, and the real
+    images): the group's most confident wrong verdict, if any, then its right answers closest to
+    their reference, `per_group` in all; each with its thumbnail."""
+    scored = predictions.assign(
+        group=np.where(predictions["label"] == "real", "real images",
+                       predictions["artifact_family"].fillna("unknown generator").astype(str)),
         wrong=predictions["predicted_label"] != predictions["label"],
         confidence=(predictions["fake_probability"] - 0.5).abs().fillna(0.5),
         rouge=rouge_l_scores(predictions["prediction"].tolist(), predictions["reference"].fillna("").tolist()),
-    ).sort_values(["wrong", "confidence", "rouge", "id"], ascending=[False, False, True, True]).head(count)
-    return [{**row, "image": _thumbnail(row["image_path"])} for row in ranked.to_dict(orient="records")]
+    )
+    chosen = []
+    for _, rows in scored.groupby(["benchmark", "group"], sort=True):
+        mistake = rows[rows["wrong"]].sort_values(["confidence", "id"], ascending=[False, True]).head(1)
+        right = rows[~rows["wrong"]].sort_values(["rouge", "id"], ascending=[False, True])
+        chosen.append(pd.concat([mistake, right.head(per_group - len(mistake))]))
+    return [{**row, "image": _thumbnail(row["image_path"])} for row in pd.concat(chosen).to_dict(orient="records")]
 
 
 def report_evaluation(
@@ -338,7 +349,7 @@ def report_evaluation(
                                    params["calibration_bins"]) if "fake_probability_calibrated" in predictions else None
     figures = _figures(metrics, reliability, calibrated)
     page = render_evaluation_html(metrics, {name: figure_data_uri(f) for name, f in figures.items()},
-                                  worst_answers(predictions, params["report_samples"]))
+                                  report_examples(predictions, params["report_samples"]))
     if mlflow.active_run() is not None:
         mlflow.log_text(page, "evaluation/report.html")
         for name, figure in figures.items():
