@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakevlm.degradations import CLEAN, DEGRADATIONS, degrade
+from fakevlm.degradations import CLEAN, DEGRADATIONS, augment, degrade
 
 
 @pytest.fixture
@@ -38,3 +38,12 @@ def test_every_kind_has_a_clean_strength_and_unknown_kinds_are_refused(photo):
     assert change(photo, degrade(photo, "rescale", CLEAN["rescale"])) == 0
     with pytest.raises(ValueError, match="unknown degradation 'noise'"):
         degrade(photo, "noise", 1)
+
+
+def test_augment_applies_each_degradation_with_its_probability(photo):
+    params = {"blur": {"p": 0.5, "sigma": [0.0, 3.0]}, "jpeg": {"p": 0.5, "quality": [30, 100]}}
+    assert augment(photo, params, [0.9, 0.0, 0.9, 0.0]).tobytes() == photo.tobytes()   # neither drawn
+    assert augment(photo, params, [0.1, 0.5, 0.9, 0.0]).tobytes() == degrade(photo, "blur", 1.5).tobytes()
+    assert augment(photo, params, [0.9, 0.0, 0.1, 0.5]).tobytes() == degrade(photo, "jpeg", 65).tobytes()
+    both = augment(photo, params, [0.1, 1.0, 0.1, 0.0])
+    assert both.tobytes() == degrade(degrade(photo, "blur", 3.0), "jpeg", 30).tobytes()

@@ -110,6 +110,20 @@ def test_samples_decoded_at_each_draw_equal_the_cached_ones(tiny, labelled_image
         TrainingSamples(tiny.processor, broken, QUESTION, 512, cache_pixels=False)
 
 
+def test_augmented_samples_are_degraded_anew_at_each_draw_from_torchs_seed(tiny, labelled_images, training_params):
+    examples = [Example(i, image, answer, label) for i, image, label, answer in labelled_images[:2]]
+    plain = TrainingSamples(tiny.processor, examples, QUESTION, 512)
+    augment = {**training_params["augment"], "enabled": True, "blur": {"p": 1.0, "sigma": [1.0, 3.0]}}
+    augmented = TrainingSamples(tiny.processor, examples, QUESTION, 512, augment=augment)
+    assert augmented.pixels is None   # decoded once, degraded at each draw
+    torch.manual_seed(0)
+    first, second = augmented[0]["pixel_values"], augmented[0]["pixel_values"]
+    torch.manual_seed(0)
+    assert torch.equal(augmented[0]["pixel_values"], first)   # the same seed, the same degradations
+    assert not torch.equal(first, second) and not torch.equal(first, plain[0]["pixel_values"])
+    assert torch.equal(augmented[0]["input_ids"], plain[0]["input_ids"])   # the answer is untouched
+
+
 @pytest.fixture
 def mobilenet_params(training_params) -> dict:
     model = training_params["model"]

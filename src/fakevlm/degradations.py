@@ -2,11 +2,15 @@
 JPEG and resizing): pure, deterministic, one function per kind, each taking its strength.
 
 `CLEAN` is the strength at which a kind leaves the image as it is: where a sweep's plot starts.
+`augment` is CNNDetection's training-time augmentation made of the same blur and JPEG.
 """
 
 from __future__ import annotations
 
 import io
+
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from PIL import Image, ImageFilter
 
@@ -39,3 +43,15 @@ def degrade(image: Image.Image, kind: str, strength: float) -> Image.Image:
     if kind not in DEGRADATIONS:
         raise ValueError(f"unknown degradation {kind!r}; known: {', '.join(sorted(DEGRADATIONS))}")
     return DEGRADATIONS[kind](image, strength)
+
+
+def augment(image: Image.Image, params: Mapping[str, Any], draws: Sequence[float]) -> Image.Image:
+    """CNNDetection's training augmentation (Wang et al., 2020): with probability `blur.p` a blur of
+    sigma uniform in `blur.sigma`, then with probability `jpeg.p` a JPEG round trip of quality
+    uniform in `jpeg.quality`. `draws`: four uniform numbers in [0, 1), the caller's randomness."""
+    (low, high), (worst, best) = params["blur"]["sigma"], params["jpeg"]["quality"]
+    if draws[0] < params["blur"]["p"]:
+        image = blur(image, low + draws[1] * (high - low))
+    if draws[2] < params["jpeg"]["p"]:
+        image = jpeg(image, round(worst + draws[3] * (best - worst)))
+    return image.convert("RGB")

@@ -73,7 +73,7 @@ def run_worker(job_dir: Path) -> None:
     fakevlm = FakeVLM.from_pretrained(job_dir / "init", device="cpu")
     examples = load_examples(pd.DataFrame(job["rows"]))
     history = train(fakevlm.model, fakevlm.processor, examples, params["question"], params["stages"],
-                    params["max_length"], params["cache_pixels"], params["lora"])
+                    params["max_length"], params["cache_pixels"], params["lora"], params["augment"])
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     steps = {stage: max((entry.get("step", 0) for entry in entries), default=0) for stage, entries in history.items()}
     (job_dir / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "world_size": world_size, "steps": steps}))

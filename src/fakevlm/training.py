@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers import LlavaProcessor, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
+from fakevlm.degradations import augment as augment_image
 from fakevlm.formats import open_image
 from fakevlm.model import answer_suffix, build_prompt, image_tokens, keep_running_statistics
 
@@ -112,20 +113,27 @@ class TrainingSamples(Dataset):
 
     Pixels are decoded up front with `cache_pixels` (small sets: decoding at each draw costs a
     third of a CPU step at 64 px) or each time a sample is drawn, in the DataLoader's workers
-    (FakeClue: 104k images at 336 px would need 140 GB as tensors).
+    (FakeClue: 104k images at 336 px would need 140 GB as tensors). With `augment` enabled each
+    draw is degraded anew (`degradations.augment`, from torch's seeded generator): the decoded
+    images are cached then, not their pixels.
     """
 
     def __init__(self, processor: LlavaProcessor, examples: Sequence[Example], question: str, max_length: int,
-                 cache_pixels: bool = True):
+                 cache_pixels: bool = True, augment: dict[str, Any] | None = None):
         self.processor = processor
-        self.examples = list(examples)
+        self.augment = augment if augment and augment["enabled"] else None
+        self.examples = [Example(e.id, e.rgb_image(), e.answer, e.label) for e in examples] \
+            if cache_pixels and self.augment else list(examples)
         prompt = build_prompt(processor, question)
         prompt_ids = expanded_prompt_ids(processor, prompt)
         self.tokens = [encode_answer(processor, e, prompt, prompt_ids, max_length) for e in self.examples]
-        self.pixels = [self.pixel_values(e) for e in self.examples] if cache_pixels else None
+        self.pixels = [self.pixel_values(e) for e in self.examples] if cache_pixels and not self.augment else None
 
     def pixel_values(self, example: Example) -> torch.Tensor:
-        return self.processor.image_processor(images=example.rgb_image(), return_tensors="pt")["pixel_values"][0]
+        image = example.rgb_image()
+        if self.augment:
+            image = augment_image(image, self.augment, torch.rand(4).tolist())
+        return self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -393,16 +401,17 @@ def train(
     max_length: int,
     cache_pixels: bool = True,
     lora: dict[str, Any] | None = None,
+    augment: dict[str, Any] | None = None,
 ) -> dict[str, list[dict[str, float]]]:
     """Run the configured stages (`vision_warmup`, `instruction`) on `examples`, in place.
 
     Each stage's dict is HF `TrainingArguments`; a stage with `max_steps: 0` is skipped, and so
     is the warm-up when the instruction stage resumes (its checkpoint holds the warmed-up tower).
     With `lora.enabled`, the instruction stage trains LoRA adapters (`with_lora`) instead of every
-    weight.
+    weight. `augment`: the training-time degradations (TrainingSamples).
     """
     keep_running_statistics(model)
-    encoded = TrainingSamples(processor, examples, question, max_length, cache_pixels)
+    encoded = TrainingSamples(processor, examples, question, max_length, cache_pixels, augment)
     log.info("encoded %d samples, longest %d tokens", len(encoded), max(t["input_ids"].numel() for t in encoded.tokens))
     history: dict[str, list[dict[str, float]]] = {}
     use_lora = bool(lora and lora["enabled"])

@@ -93,7 +93,7 @@ def train_fakevlm(
             fakevlm, history, ranks = launch(launcher, Path(job_dir))
     else:
         history = train(fakevlm.model, fakevlm.processor, examples, params["question"], stages, params["max_length"],
-                        params["cache_pixels"], params["lora"])
+                        params["cache_pixels"], params["lora"], params["augment"])
         ranks = [{"rank": 0, "world_size": 1}]
     if not params["keep_checkpoints"]:
         remove_checkpoints(stages)
