@@ -16,16 +16,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
+
+from fakevlm.formats.fakeclue import QUESTION
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-QUESTION = "Does the image looks real/fake?"
 
 
 def load_params(name: str, env: str = "base") -> dict:
@@ -80,6 +82,17 @@ def make_labelled_images() -> list[tuple[str, Image.Image, str, str]]:
         )
         rows.append((f"img{i:02d}", checker_image(rng, fake), label, answer))
     return rows
+
+
+def manifest_of(tmp_path: Path, labelled_images) -> pd.DataFrame:
+    """The labelled images as validated-manifest rows, their pictures saved as PNG files."""
+    rows = []
+    for image_id, image, label, answer in labelled_images:
+        path = tmp_path / "images" / f"{image_id}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        rows.append({"id": image_id, "image_path": str(path), "answer": answer, "label": label, "split": "train"})
+    return pd.DataFrame(rows)
 
 
 @pytest.fixture

@@ -18,18 +18,7 @@ from fakevlm.model import FakeVLM, build_processor, build_tiny_model, train_toke
 from fakevlm.pipelines.training.nodes import build_model, train_fakevlm
 from fakevlm.training import load_examples
 
-from .conftest import PROJECT_ROOT, QUESTION
-
-
-def manifest_of(tmp_path: Path, labelled_images) -> pd.DataFrame:
-    """The labelled images as validated-manifest rows, their pictures saved as PNG files."""
-    rows = []
-    for image_id, image, label, answer in labelled_images:
-        path = tmp_path / "images" / f"{image_id}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-        rows.append({"id": image_id, "image_path": str(path), "answer": answer, "label": label, "split": "train"})
-    return pd.DataFrame(rows)
+from .conftest import PROJECT_ROOT, QUESTION, manifest_of
 
 
 def tiny_fakevlm(training_params, manifest: pd.DataFrame) -> FakeVLM:
