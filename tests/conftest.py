@@ -110,7 +110,9 @@ def save_tiny_model(folder: Path, training_params: dict, labelled_images: list) 
     processor = build_processor(train_tokenizer(corpus, 300), training_params["model"])
     model = build_tiny_model(processor, training_params["model"])
     train(model, processor, examples, QUESTION, training_params["stages"], training_params["max_length"])
-    FakeVLM(model, processor).save_pretrained(folder)
+    # with the prompt, as the training stage saves it
+    saved = FakeVLM(model, processor, question=QUESTION, max_new_tokens=training_params["max_new_tokens"])
+    saved.save_pretrained(folder)
     return folder
 
 

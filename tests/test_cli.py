@@ -20,7 +20,8 @@ from fakevlm.pipelines.training.nodes import train_fakevlm
 from .conftest import load_params, manifest_of
 
 
-def test_detect_folder_reports_every_file_and_skips_bad_ones(saved_tiny_model, labelled_images, tmp_path, capsys):
+def test_detect_folder_reports_every_file_and_skips_bad_ones(saved_tiny_model, training_params, labelled_images,
+                                                              tmp_path, capsys):
     folder = tmp_path / "mine"
     (folder / "sub").mkdir(parents=True)
     for i, image, _, _ in labelled_images[:3]:
@@ -37,7 +38,7 @@ def test_detect_folder_reports_every_file_and_skips_bad_ones(saved_tiny_model, l
         str(folder / "sub" / f"{i}.png") for i, *_ in labelled_images[:3]] + [str(tmp_path / "missing.jpg")]
     assert "error" in results[0] and "error" in results[-1]
     expected = FakeVLM.from_pretrained(saved_tiny_model).generate([im for _, im, _, _ in labelled_images[:3]], QUESTION,
-                                                                  FAKECLUE_MAX_NEW_TOKENS)
+                                                                  training_params["max_new_tokens"])
     for result, answer in zip(results[1:4], expected):
         assert result["explanation"] == answer and result["verdict"] == parse_verdict(answer)
         p = result["fake_probability"]
