@@ -70,6 +70,8 @@ def test_two_processes_train_through_torchrun(tmp_path, training_params, labelle
 
     model, summary, mlflow_metrics = train_fakevlm(manifest, training_params)
 
+    # the prompt went through the workers' folders with the weights
+    assert (model.question, model.max_new_tokens) == (training_params["question"], training_params["max_new_tokens"])
     # throughput goes to MLflow; the summary DVC hashes holds no wall-clock figure
     assert all("samples_per_second" not in e and "train_runtime" not in e
                for entries in summary["stages"].values() for e in entries)
