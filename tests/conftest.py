@@ -16,16 +16,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
+
+from fakevlm.formats.fakeclue import QUESTION
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-QUESTION = "Does the image looks real/fake?"
 
 
 def load_params(name: str, env: str = "base") -> dict:
@@ -82,6 +84,17 @@ def make_labelled_images() -> list[tuple[str, Image.Image, str, str]]:
     return rows
 
 
+def manifest_of(tmp_path: Path, labelled_images) -> pd.DataFrame:
+    """The labelled images as validated-manifest rows, their pictures saved as PNG files."""
+    rows = []
+    for image_id, image, label, answer in labelled_images:
+        path = tmp_path / "images" / f"{image_id}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        rows.append({"id": image_id, "image_path": str(path), "answer": answer, "label": label, "split": "train"})
+    return pd.DataFrame(rows)
+
+
 @pytest.fixture
 def saved_tiny_model(tmp_path, training_params, labelled_images):
     return save_tiny_model(tmp_path / "model", training_params, labelled_images)
@@ -97,7 +110,9 @@ def save_tiny_model(folder: Path, training_params: dict, labelled_images: list) 
     processor = build_processor(train_tokenizer(corpus, 300), training_params["model"])
     model = build_tiny_model(processor, training_params["model"])
     train(model, processor, examples, QUESTION, training_params["stages"], training_params["max_length"])
-    FakeVLM(model, processor).save_pretrained(folder)
+    # with the prompt, as the training stage saves it
+    saved = FakeVLM(model, processor, question=QUESTION, max_new_tokens=training_params["max_new_tokens"])
+    saved.save_pretrained(folder)
     return folder
 
 

@@ -18,18 +18,7 @@ from fakevlm.model import FakeVLM, build_processor, build_tiny_model, train_toke
 from fakevlm.pipelines.training.nodes import build_model, train_fakevlm
 from fakevlm.training import load_examples
 
-from .conftest import PROJECT_ROOT, QUESTION
-
-
-def manifest_of(tmp_path: Path, labelled_images) -> pd.DataFrame:
-    """The labelled images as validated-manifest rows, their pictures saved as PNG files."""
-    rows = []
-    for image_id, image, label, answer in labelled_images:
-        path = tmp_path / "images" / f"{image_id}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-        rows.append({"id": image_id, "image_path": str(path), "answer": answer, "label": label, "split": "train"})
-    return pd.DataFrame(rows)
+from .conftest import PROJECT_ROOT, QUESTION, manifest_of
 
 
 def tiny_fakevlm(training_params, manifest: pd.DataFrame) -> FakeVLM:
@@ -81,6 +70,8 @@ def test_two_processes_train_through_torchrun(tmp_path, training_params, labelle
 
     model, summary, mlflow_metrics = train_fakevlm(manifest, training_params)
 
+    # the prompt went through the workers' folders with the weights
+    assert (model.question, model.max_new_tokens) == (training_params["question"], training_params["max_new_tokens"])
     # throughput goes to MLflow; the summary DVC hashes holds no wall-clock figure
     assert all("samples_per_second" not in e and "train_runtime" not in e
                for entries in summary["stages"].values() for e in entries)

@@ -27,7 +27,8 @@ from selenium.webdriver.chrome.service import Service as ChromeDriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from fakevlm.console import load_detector, main, read_image
+from fakevlm.console import main
+from fakevlm.detector import load_detector, read_image
 from fakevlm.metrics import parse_verdict
 from fakevlm.training import free_port
 

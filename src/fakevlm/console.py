@@ -14,34 +14,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any
 
-from PIL import Image
 from tqdm import tqdm
 
-from fakevlm.formats import UNREADABLE_IMAGE
-from fakevlm.metrics import parse_verdict
+from fakevlm.detector import detect_files, load_detector, use_tracking_store
 
 DEFAULT_MODEL = "models:/fakevlm@champion"
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"    # conf/base/mlflow.yml's default
-DEFAULT_QUESTION = "Does the image looks real/fake?"   # FakeClue's prompt; the registry's model carries its own
-DEFAULT_MAX_NEW_TOKENS = 128   # conf/base/parameters_registry.yml's; a registered model carries its own
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-# conf/base/parameters_registry.yml's; a hand-made move waits less for a run's promotion than a run does
+# conf/base/parameters_registry.yml's (tests/test_cli.py checks they agree: the command runs where
+# conf/ is not); a hand-made move waits less for a run's promotion than a run does
 REGISTRY = {"model_name": "fakevlm", "champion_alias": "champion", "previous_alias": "previous", "lock_wait_s": 60,
             "lock_poll_s": 1.0}
-# What reading a user's file may raise; PIL's decompression-bomb warning counts when it is made an error (`serve`)
-
-
-class Detector(NamedTuple):
-    fakevlm: Any  # fakevlm.model.FakeVLM, imported only when a model is loaded (torch is slow to import)
-    question: str
-    max_new_tokens: int
 
 
 def image_paths(targets: Sequence[str]) -> Iterator[Path]:
@@ -52,49 +40,6 @@ def image_paths(targets: Sequence[str]) -> Iterator[Path]:
             yield from sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         else:
             yield target
-
-
-def read_image(source: Path | BinaryIO) -> Image.Image:
-    with Image.open(source) as image:
-        image.load()
-        return image.convert("RGB")
-
-
-def load_detector(model: str) -> Detector:
-    """The FakeVLM and its prompt from a registry URI or a save_pretrained folder."""
-    from fakevlm.model import FakeVLM
-
-    if Path(model).is_dir():
-        return Detector(FakeVLM.from_pretrained(model), DEFAULT_QUESTION, DEFAULT_MAX_NEW_TOKENS)
-    import mlflow
-
-    from fakevlm.registry import server_failures
-
-    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    mlflow.set_tracking_uri(uri)
-    with server_failures(uri, f"loading {model}"):
-        wrapped = mlflow.pyfunc.load_model(model).unwrap_python_model()
-    return Detector(wrapped.fakevlm, wrapped.question, wrapped.max_new_tokens)
-
-
-def detect_files(detector: Detector, files: Sequence[tuple[str, Path | BinaryIO]], batch_size: int) -> list[dict]:
-    """One result per (name, file), in order: `path`, `verdict`, `fake_probability`, `explanation`,
-    or `path` and `error` for a file that is not a readable image."""
-    results: dict[int, dict[str, Any]] = {}
-    readable = []
-    for index, (name, file) in enumerate(files):
-        try:
-            readable.append((index, name, read_image(file)))
-        except UNREADABLE_IMAGE as error:
-            results[index] = {"path": name, "error": f"{type(error).__name__}: {error}"}
-    if readable:
-        answers, probabilities = detector.fakevlm.answer([image for *_, image in readable], detector.question,
-                                                         detector.max_new_tokens, batch_size)
-        for (index, name, _), answer, probability in zip(readable, answers, probabilities):
-            results[index] = {"path": name, "verdict": parse_verdict(answer),
-                              "fake_probability": None if math.isnan(probability) else round(probability, 4),
-                              "explanation": answer}
-    return [results[index] for index in range(len(files))]
 
 
 def detect(args: argparse.Namespace) -> int:
@@ -129,13 +74,11 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
 
 
 def registry(args: argparse.Namespace) -> int:
-    import mlflow
     from mlflow import MlflowClient
 
     from fakevlm.registry import promote, rollback, server_failures, unlock
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    mlflow.set_tracking_uri(uri)
+    uri = use_tracking_store()
     client = MlflowClient()
     params = dict(REGISTRY, model_name=args.name)
     with server_failures(uri, f"{args.action} of model {args.name!r}"):

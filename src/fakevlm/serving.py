@@ -13,7 +13,7 @@ import mlflow.pyfunc
 import pandas as pd
 from PIL import Image
 
-from fakevlm.metrics import parse_verdict
+from fakevlm.detector import Detector, answer_images, read_image
 from fakevlm.model import FakeVLM
 
 
@@ -24,8 +24,12 @@ def encode_image(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+BATCH_SIZE = 16  # images per generation: a large input frame is answered in parts, bounding memory
+
+
 class FakeVLMPyfunc(mlflow.pyfunc.PythonModel):
-    """`predict(DataFrame[image: base64 PNG/JPEG])` -> DataFrame[verdict, fake_probability, explanation]."""
+    """`predict(DataFrame[image: base64 PNG/JPEG])` -> DataFrame[verdict, fake_probability, explanation],
+    as `fakevlm detect` answers (fake_probability NaN for an answer without a verdict)."""
 
     def __init__(self, question: str, max_new_tokens: int):
         self.question = question
@@ -41,7 +45,8 @@ class FakeVLMPyfunc(mlflow.pyfunc.PythonModel):
         self.fakevlm = FakeVLM.from_pretrained(context.artifacts["hf_dir"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        images = [Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB") for data in model_input["image"]]
-        answers, fake_probabilities = self.fakevlm.answer(images, self.question, self.max_new_tokens)
-        return pd.DataFrame({"verdict": [parse_verdict(a) for a in answers], "fake_probability": fake_probabilities,
-                             "explanation": answers})
+        images = [read_image(io.BytesIO(base64.b64decode(data))) for data in model_input["image"]]
+        detector = Detector(self.fakevlm, self.question, self.max_new_tokens)
+        answers = pd.DataFrame(answer_images(detector, images, BATCH_SIZE),
+                               columns=["verdict", "fake_probability", "explanation"])
+        return answers.astype({"fake_probability": float})  # a float column (NaN), whatever the batch's answers

@@ -43,7 +43,8 @@ __all__ = ["CATEGORIES", "MANIFEST_COLUMNS", "MANIFEST_DTYPES", "read_fakeclue",
 # FakeClue's label convention (dataset card): 0 = fake, 1 = real.
 LABELS = {0: "fake", 1: "real"}
 LABEL_CODES = {name: code for code, name in LABELS.items()}
-PROMPT = "<image>Does the image looks real/fake?"  # sic, as stored in FakeClue
+QUESTION = "Does the image looks real/fake?"  # sic: FakeClue's, which a model trained on it answers
+PROMPT = "<image>" + QUESTION  # the human turn as stored in FakeClue
 # How PNGs are written: fixed settings, so the same pixels always give the same bytes.
 PNG_SAVE_ARGS = {"format": "PNG", "compress_level": 6}
 REQUIRED_KEYS = ("images", "annotations", "split")

@@ -1,10 +1,12 @@
 import json
+import math
 
 import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from fakevlm.detector import detect_files, load_detector
 from fakevlm.metrics import flatten_metrics
 from fakevlm.model import FakeVLM
 from fakevlm.pipelines.evaluation.nodes import compute_metrics, predict
@@ -40,7 +42,7 @@ def registrar(model_dir, labelled_images, tmp_path, name="fakevlm"):
     model = FakeVLM.from_pretrained(model_dir)
 
     def run(metrics, data=manifest):
-        return register_model(model, metrics, data, params, load_params("evaluation"), QUESTION, "# card\n")
+        return register_model(model, metrics, data, params, load_params("evaluation"), "# card\n")
 
     run.model, run.params, run.manifest = model, params, manifest
     return run
@@ -86,9 +88,24 @@ def test_promotion_gate_promotes_better_refuses_worse_and_rolls_back(register, l
     # the served pyfunc answers like the model it wraps
     served = mlflow.pyfunc.load_model("models:/fakevlm@champion")
     out = served.predict(pd.DataFrame({"image": [encode_image(labelled_images[1][1])]}))
-    expected = register.model.generate([labelled_images[1][1]], QUESTION, register.params["max_new_tokens"])[0]
+    expected = register.model.generate([labelled_images[1][1]], QUESTION, register.model.max_new_tokens)[0]
     assert out["explanation"].tolist() == [expected]
     json.dumps(better)
+
+
+def test_the_registered_pyfunc_answers_as_fakevlm_detect_on_the_model_folder(register, labelled_images, tmp_path):
+    register(metrics_with(0.8))
+    paths = []
+    for image_id, image, *_ in labelled_images[:4]:
+        image.save(tmp_path / f"{image_id}.png")
+        paths.append(tmp_path / f"{image_id}.png")
+    detected = detect_files(load_detector(register.model.source_dir), [(p.name, p) for p in paths], batch_size=16)
+    served = mlflow.pyfunc.load_model("models:/fakevlm@champion").predict(
+        pd.DataFrame({"image": [encode_image(image) for _, image, *_ in labelled_images[:4]]}))
+    assert served["explanation"].tolist() == [r["explanation"] for r in detected]
+    assert served["verdict"].tolist() == [r["verdict"] for r in detected]
+    assert served["fake_probability"].tolist() == pytest.approx(
+        [math.nan if r["fake_probability"] is None else r["fake_probability"] for r in detected], nan_ok=True)
 
 
 def test_a_champion_scored_on_other_data_is_scored_again_on_this_data(register):
@@ -125,4 +142,4 @@ def test_the_gate_works_against_a_real_mlflow_server(saved_tiny_model, mlflow_se
     served = mlflow.pyfunc.load_model("models:/fakevlm@champion")
     out = served.predict(pd.DataFrame({"image": [encode_image(labelled_images[1][1])]}))
     assert out["explanation"].tolist() == register.model.generate([labelled_images[1][1]], QUESTION,
-                                                                   register.params["max_new_tokens"])
+                                                                   register.model.max_new_tokens)

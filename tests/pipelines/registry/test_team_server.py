@@ -70,7 +70,7 @@ def test_pipeline_registry_and_detect_through_a_team_server(tiny_model, team_ser
     assert main(["detect", str(image), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert result["explanation"] == register.model.generate([labelled_images[1][1]], QUESTION,
-                                                            register.params["max_new_tokens"])[0]
+                                                            register.model.max_new_tokens)[0]
 
     # a reader may not move the champion
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "viewer")

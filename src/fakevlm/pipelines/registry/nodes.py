@@ -37,9 +37,10 @@ def benchmark_metrics(metrics: dict[str, Any], benchmark: str) -> dict[str, floa
 
 
 def champion_scorer(
-    manifest: pd.DataFrame, params: dict[str, Any], evaluation: dict[str, Any], question: str
+    manifest: pd.DataFrame, params: dict[str, Any], evaluation: dict[str, Any]
 ) -> Callable[[str], dict[str, float]]:
-    """Scores a registered version on this run's benchmark split, as the evaluation stage does."""
+    """Scores a registered version, asked its own question, on this run's benchmark split, as the
+    evaluation stage does."""
     on_benchmark = {**evaluation, "benchmarks": {params["benchmark_split"]: params["benchmark"]}}
 
     def rescore(version: str) -> dict[str, float]:
@@ -47,7 +48,7 @@ def champion_scorer(
         with tempfile.TemporaryDirectory(prefix="champion-") as download:
             uri = f"models:/{params['model_name']}/{version}"
             wrapped = mlflow.pyfunc.load_model(uri, dst_path=download).unwrap_python_model()
-            predictions = predict(wrapped.fakevlm, manifest, on_benchmark, question)
+            predictions = predict(wrapped.fakevlm, manifest, on_benchmark, wrapped.question)
         return benchmark_metrics(compute_metrics(predictions), params["benchmark"])
 
     return rescore
@@ -74,10 +75,10 @@ def register_model(
     validated_manifest: pd.DataFrame,
     params: dict[str, Any],
     evaluation: dict[str, Any],
-    question: str,
     model_card: str,
 ) -> dict[str, Any]:
-    """Log and register the model with its card; the returned decision record says whether it was promoted."""
+    """Log and register the model with its card and the prompt it was saved with; the returned
+    decision record says whether it was promoted."""
     scalar_metrics = benchmark_metrics(metrics, params["benchmark"])
     data_hash = evaluation_data_hash(validated_manifest, params["benchmark_split"])
     with open_image(validated_manifest["image_path"].iloc[0]) as image:
@@ -93,11 +94,12 @@ def register_model(
             source = Path(fakevlm_model.source_dir)
             with tempfile.TemporaryDirectory(prefix=".registered-", dir=source.parent) as staging:
                 model_dir = folder_with_card(str(source), model_card, Path(staging) / source.name)
-                model_uri = log_model_artifacts(str(model_dir), question, params["max_new_tokens"], example)
+                model_uri = log_model_artifacts(str(model_dir), fakevlm_model.question, fakevlm_model.max_new_tokens,
+                                                example)
             mlflow.log_metrics({f"{RUN_METRIC_PREFIX}{params['benchmark']}.{k}": v for k, v in scalar_metrics.items()})
         with server_failures(uri, f"registering and promoting model {params['model_name']!r}"):
             decision = promote_if_better(MlflowClient(), model_uri, scalar_metrics, data_hash, params,
-                                         champion_scorer(validated_manifest, params, evaluation, question))
+                                         champion_scorer(validated_manifest, params, evaluation))
             decision["benchmark"] = params["benchmark"]
             decision["run_id"] = mlflow.active_run().info.run_id
             mlflow.log_dict(decision, "registry_decision.json")

@@ -9,7 +9,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 register_model,
                 ["fakevlm_model", "metrics", "validated_manifest", "params:registry", "params:evaluation",
-                 "params:training.question", "model_card"],
+                 "model_card"],
                 "registry_decision",
                 name="register_model",
             )

@@ -80,6 +80,7 @@ def train_fakevlm(
     rows = split_rows(validated_manifest, params["train_split"])
     examples = load_examples(rows)
     fakevlm = build_model(examples, params)
+    fakevlm.question, fakevlm.max_new_tokens = params["question"], params["max_new_tokens"]  # saved with it
     n_params = sum(p.numel() for p in fakevlm.model.parameters())
     log.info("training a %.2f M-parameter LLaVA on %d samples", n_params / 1e6, len(examples))
     stages = params["stages"]
@@ -92,7 +93,7 @@ def train_fakevlm(
             write_job(Path(job_dir), fakevlm, rows, params)
             fakevlm, history, ranks = launch(launcher, Path(job_dir))
     else:
-        history = train(fakevlm.model, fakevlm.processor, examples, params["question"], stages, params["max_length"],
+        history = train(fakevlm.model, fakevlm.processor, examples, fakevlm.question, stages, params["max_length"],
                         params["cache_pixels"], params["lora"], params["augment"])
         ranks = [{"rank": 0, "world_size": 1}]
     if not params["keep_checkpoints"]:
