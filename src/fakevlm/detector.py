@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, NamedTuple
 from PIL import Image
 
 from fakevlm.formats import UNREADABLE_IMAGE
-from fakevlm.metrics import parse_verdict
+from fakevlm.metrics import apply_temperature, parse_verdict
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"    # conf/base/mlflow.yml's default
 
@@ -25,6 +25,8 @@ class Detector(NamedTuple):
     fakevlm: Any  # fakevlm.model.FakeVLM, imported only when a model is loaded (torch is slow to import)
     question: str
     max_new_tokens: int
+    # evaluation's temperature scaling, which the registered model carries; 1: the raw probability
+    temperature: float = 1.0
 
 
 def use_tracking_store() -> str:
@@ -51,7 +53,8 @@ def load_detector(model: str) -> Detector:
     uri = use_tracking_store()
     with server_failures(uri, f"loading {model}"):
         wrapped = mlflow.pyfunc.load_model(model).unwrap_python_model()
-    return Detector(wrapped.fakevlm, wrapped.question, wrapped.max_new_tokens)
+    # a model registered before calibration existed has no temperature
+    return Detector(wrapped.fakevlm, wrapped.question, wrapped.max_new_tokens, getattr(wrapped, "temperature", 1.0))
 
 
 def read_image(source: Path | BinaryIO) -> Image.Image:
@@ -60,18 +63,19 @@ def read_image(source: Path | BinaryIO) -> Image.Image:
         return image.convert("RGB")
 
 
-def verdict(answer: str, probability: float) -> dict[str, Any]:
+def verdict(answer: str, probability: float, temperature: float) -> dict[str, Any]:
     """An answer as users get it: `verdict` (None when it names neither), `fake_probability`
-    (None then too, else 4 digits) and the answer as `explanation`."""
+    (calibrated by `temperature`; None when there is no verdict, else 4 digits) and the answer as
+    `explanation`."""
     return {"verdict": parse_verdict(answer),
-            "fake_probability": None if math.isnan(probability) else round(probability, 4),
+            "fake_probability": None if math.isnan(probability) else round(apply_temperature([probability], temperature)[0], 4),
             "explanation": answer}
 
 
 def answer_images(detector: Detector, images: Sequence[Image.Image], batch_size: int) -> list[dict[str, Any]]:
     """Each image's `verdict`, in order."""
     answers, probabilities = detector.fakevlm.answer(images, detector.question, detector.max_new_tokens, batch_size)
-    return [verdict(answer, probability) for answer, probability in zip(answers, probabilities)]
+    return [verdict(answer, probability, detector.temperature) for answer, probability in zip(answers, probabilities)]
 
 
 def detect_files(detector: Detector, files: Sequence[tuple[str, Path | BinaryIO]], batch_size: int) -> list[dict]:

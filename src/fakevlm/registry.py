@@ -79,12 +79,14 @@ def run_metrics(client: MlflowClient, run_id: str | None, benchmark: str) -> dic
     return {k[len(prefix):]: v for k, v in client.get_run(run_id).data.metrics.items() if k.startswith(prefix)}
 
 
-def log_model_artifacts(model_dir: str, question: str, max_new_tokens: int, example: Image.Image) -> str:
-    """Log the model folder as a pyfunc in the active run; returns its model URI. Nothing is registered:
-    MLflow raises before returning when a file does not reach the store."""
+def log_model_artifacts(model_dir: str, question: str, max_new_tokens: int, temperature: float,
+                        example: Image.Image) -> str:
+    """Log the model folder as a pyfunc in the active run, with its prompt and the temperature that
+    calibrates its fake probability; returns its model URI. Nothing is registered: MLflow raises
+    before returning when a file does not reach the store."""
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=FakeVLMPyfunc(question, max_new_tokens),
+        python_model=FakeVLMPyfunc(question, max_new_tokens, temperature),
         artifacts={"hf_dir": model_dir},
         code_paths=[str(Path(fakevlm.__file__).parent)],
         input_example=pd.DataFrame({"image": [encode_image(example)]}),

@@ -375,7 +375,8 @@ async def detect(request: Request, response: Response) -> Any:
     answers, probabilities = await service.generate(readable, service.detector.question,
                                                     service.detector.max_new_tokens, response)
     answered = iter(zip(answers, probabilities))
-    results = [{"path": name, "error": image} if isinstance(image, str) else {"path": name, **verdict(*next(answered))}
+    results = [{"path": name, "error": image} if isinstance(image, str)
+               else {"path": name, **verdict(*next(answered), service.detector.temperature)}
                for (name, _), image in zip(files, images)]
     return results[0] if len(results) == 1 else results
 

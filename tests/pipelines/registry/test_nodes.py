@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from fakevlm.detector import detect_files, load_detector
-from fakevlm.metrics import flatten_metrics
+from fakevlm.metrics import apply_temperature, flatten_metrics
 from fakevlm.model import FakeVLM
 from fakevlm.pipelines.evaluation.nodes import compute_metrics, predict
 from fakevlm.pipelines.registry.nodes import register_model
@@ -143,3 +143,20 @@ def test_the_gate_works_against_a_real_mlflow_server(saved_tiny_model, mlflow_se
     out = served.predict(pd.DataFrame({"image": [encode_image(labelled_images[1][1])]}))
     assert out["explanation"].tolist() == register.model.generate([labelled_images[1][1]], QUESTION,
                                                                    register.model.max_new_tokens)
+
+
+def test_the_registered_model_carries_evaluations_temperature(register, labelled_images, tmp_path):
+    calibrated = metrics_with(0.8)
+    calibrated["fakeclue_mini_test"]["calibrated"] = {"temperature": 3.0, "ece": 0.05}
+    register(calibrated)
+    champion = load_detector("models:/fakevlm@champion")
+    assert champion.temperature == 3.0 and load_detector(register.model.source_dir).temperature == 1.0
+    paths = []
+    for image_id, image, *_ in labelled_images[:4]:
+        image.save(tmp_path / f"{image_id}.png")
+        paths.append((image_id, tmp_path / f"{image_id}.png"))
+    raw = register.model.answer([image for _, image, *_ in labelled_images[:4]], champion.question,
+                                champion.max_new_tokens)[1]
+    served = [result["fake_probability"] for result in detect_files(champion, paths, batch_size=16)]
+    expected = [None if math.isnan(p) else round(q, 4) for p, q in zip(raw, apply_temperature(raw, 3.0))]
+    assert served == expected

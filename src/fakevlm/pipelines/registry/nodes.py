@@ -69,6 +69,11 @@ def folder_with_card(model_dir: str, model_card: str, target: Path) -> Path:
     return target
 
 
+def calibration_temperature(metrics: dict[str, Any], benchmark: str) -> float:
+    """Evaluation's temperature (the same for every benchmark; 1 when it calibrated nothing)."""
+    return metrics[benchmark].get("calibrated", {}).get("temperature", 1.0)
+
+
 def register_model(
     fakevlm_model: FakeVLM,
     metrics: dict[str, Any],
@@ -95,7 +100,7 @@ def register_model(
             with tempfile.TemporaryDirectory(prefix=".registered-", dir=source.parent) as staging:
                 model_dir = folder_with_card(str(source), model_card, Path(staging) / source.name)
                 model_uri = log_model_artifacts(str(model_dir), fakevlm_model.question, fakevlm_model.max_new_tokens,
-                                                example)
+                                                calibration_temperature(metrics, params["benchmark"]), example)
             mlflow.log_metrics({f"{RUN_METRIC_PREFIX}{params['benchmark']}.{k}": v for k, v in scalar_metrics.items()})
         with server_failures(uri, f"registering and promoting model {params['model_name']!r}"):
             decision = promote_if_better(MlflowClient(), model_uri, scalar_metrics, data_hash, params,
