@@ -170,6 +170,25 @@ def fakevlm_serve(model: Path, port: int, log_path: Path, *options: str):
     return local_server(command, port, log_path)
 
 
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def chromium(profile: Path):
+    """Headless Debian Chromium driven by its own chromedriver: Selenium Manager downloads nothing."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as ChromeDriverService
+
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail(f"{CHROMIUM} or {CHROMEDRIVER} is missing: `make browser` installs Debian's chromium and chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+                 f"--user-data-dir={profile}", "--window-size=900,700"]:
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=ChromeDriverService(str(CHROMEDRIVER)))
+
+
 @pytest.fixture
 def mlflow_server(tmp_path, monkeypatch):
     """A real `mlflow server` on 127.0.0.1 (SQLite behind it, artifacts proxied), stopped afterwards."""

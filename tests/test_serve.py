@@ -23,7 +23,6 @@ import pytest
 import requests
 from PIL import Image
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as ChromeDriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -34,13 +33,13 @@ from fakevlm.training import free_port
 
 from .conftest import (
     checker_image,
+    chromium,
     fakevlm_serve,
     make_labelled_images,
     save_tiny_model,
     small_training_params,
 )
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 MAX_BATCH, MAX_UPLOAD_MB = 3, 2  # small, so that the limits are cheap to reach (2 MB: a 1 MB prompt passes)
 MAX_IMAGE_MPIXELS, MAX_REQUEST_MPIXELS = 20, 40
 
@@ -252,8 +251,6 @@ def test_serves_this_machine_only_by_default(server):
 
 
 def test_web_page_shows_the_verdict_for_a_chosen_image(server, expected, tmp_path):
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.fail(f"{CHROMIUM} or {CHROMEDRIVER} is missing: `make browser` installs Debian's chromium and chromium-driver")
     fake = expected["fake.png"]
     driver = chromium(tmp_path / "profile")
     try:
@@ -271,17 +268,6 @@ def test_web_page_shows_the_verdict_for_a_chosen_image(server, expected, tmp_pat
         assert driver.find_element(By.ID, "preview").get_property("naturalWidth") == 32
     finally:
         driver.quit()
-
-
-def chromium(profile: Path) -> webdriver.Chrome:
-    """Headless Debian Chromium driven by its own chromedriver: Selenium Manager downloads nothing."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-                 f"--user-data-dir={profile}", "--window-size=900,700"]:
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=ChromeDriverService(str(CHROMEDRIVER)))
 
 
 def text_of(driver: webdriver.Chrome, element_id: str) -> str:
