@@ -317,23 +317,37 @@ def _thumbnail(image_path: str) -> str:
     return "data:image/png;base64," + encode_image(thumb)
 
 
-def report_examples(predictions: pd.DataFrame, per_group: int) -> list[dict[str, Any]]:
-    """Images for the report, per benchmark and group (each fake family or generator, and the real
-    images): the group's most confident wrong verdict, if any, then its right answers closest to
-    their reference, `per_group` in all; each with its thumbnail."""
-    scored = predictions.assign(
+def _ranked(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Wrong verdicts first, the most confident first; then the lowest ROUGE-L; with the columns
+    `group` (the fake's family or generator, or "real images"), `wrong`, `confidence` and `rouge`."""
+    return predictions.assign(
         group=np.where(predictions["label"] == "real", "real images",
                        predictions["artifact_family"].fillna("unknown generator").astype(str)),
         wrong=predictions["predicted_label"] != predictions["label"],
         confidence=(predictions["fake_probability"] - 0.5).abs().fillna(0.5),
         rouge=rouge_l_scores(predictions["prediction"].tolist(), predictions["reference"].fillna("").tolist()),
-    )
+    ).sort_values(["wrong", "confidence", "rouge", "id"], ascending=[False, False, True, True])
+
+
+def _with_thumbnails(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{**row, "image": _thumbnail(row["image_path"])} for row in rows.to_dict(orient="records")]
+
+
+def worst_answers(predictions: pd.DataFrame, count: int) -> list[dict[str, Any]]:
+    """The `count` worst answers (`_ranked`), each with its thumbnail: the notebook's list."""
+    return _with_thumbnails(_ranked(predictions).head(count))
+
+
+def report_examples(predictions: pd.DataFrame, per_group: int) -> list[dict[str, Any]]:
+    """Images for the report, per benchmark and group (each fake family or generator, and the real
+    images): the group's worst answer (`_ranked`) when it is a mistake, then its right answers
+    closest to their reference, `per_group` in all; each with its thumbnail."""
     chosen = []
-    for _, rows in scored.groupby(["benchmark", "group"], sort=True):
-        mistake = rows[rows["wrong"]].sort_values(["confidence", "id"], ascending=[False, True]).head(1)
+    for _, rows in _ranked(predictions).groupby(["benchmark", "group"], sort=True):
+        mistake = rows[rows["wrong"]].head(1)
         right = rows[~rows["wrong"]].sort_values(["rouge", "id"], ascending=[False, True])
         chosen.append(pd.concat([mistake, right.head(per_group - len(mistake))]))
-    return [{**row, "image": _thumbnail(row["image_path"])} for row in pd.concat(chosen).to_dict(orient="records")]
+    return _with_thumbnails(pd.concat(chosen))
 
 
 def report_evaluation(
