@@ -27,6 +27,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+# absl (imported by rouge-score and kfp) makes its logging handler at import, on the sys.stderr of
+# that moment: under pytest, pytest's capture file. logging.config.dictConfig (Kedro configures
+# logging in-process, e.g. fakevlm.deploy) closes every handler ever made, and absl's close() closes
+# its stream unless it is the current sys.stderr: in a test using capsys, pytest's own capture
+# file, and pytest then crashed ("lost sys.stderr"). The real stderr is one absl never closes.
+import absl.logging  # noqa: E402
+
+absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
