@@ -53,8 +53,7 @@ def load_detector(model: str) -> Detector:
     uri = use_tracking_store()
     with server_failures(uri, f"loading {model}"):
         wrapped = mlflow.pyfunc.load_model(model).unwrap_python_model()
-    # a model registered before calibration existed has no temperature
-    return Detector(wrapped.fakevlm, wrapped.question, wrapped.max_new_tokens, getattr(wrapped, "temperature", 1.0))
+    return Detector(wrapped.fakevlm, wrapped.question, wrapped.max_new_tokens, wrapped.temperature)
 
 
 def read_image(source: Path | BinaryIO) -> Image.Image:

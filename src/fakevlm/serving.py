@@ -31,6 +31,9 @@ class FakeVLMPyfunc(mlflow.pyfunc.PythonModel):
     """`predict(DataFrame[image: base64 PNG/JPEG])` -> DataFrame[verdict, fake_probability, explanation],
     as `fakevlm detect` answers (fake_probability NaN for an answer without a verdict)."""
 
+    # a class default: a model pickled before calibration existed unpickles without its own
+    temperature = 1.0
+
     def __init__(self, question: str, max_new_tokens: int, temperature: float = 1.0):
         self.question = question
         self.max_new_tokens = max_new_tokens
@@ -47,8 +50,7 @@ class FakeVLMPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         images = [read_image(io.BytesIO(base64.b64decode(data))) for data in model_input["image"]]
-        # a model pickled before calibration existed has no temperature
-        detector = Detector(self.fakevlm, self.question, self.max_new_tokens, getattr(self, "temperature", 1.0))
+        detector = Detector(self.fakevlm, self.question, self.max_new_tokens, self.temperature)
         answers = pd.DataFrame(answer_images(detector, images, BATCH_SIZE),
                                columns=["verdict", "fake_probability", "explanation"])
         return answers.astype({"fake_probability": float})  # a float column (NaN), whatever the batch's answers
