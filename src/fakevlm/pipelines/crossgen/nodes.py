@@ -12,11 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fakevlm.baseline import LABELS
 from fakevlm.metrics import flatten_metrics
-from fakevlm.pipelines.evaluation.nodes import per_generator, predict
+from fakevlm.pipelines.evaluation.nodes import baseline_verdicts, per_generator, predict
 from fakevlm.pipelines.training.nodes import train_baseline, train_fakevlm
-from fakevlm.training import load_examples
 
 log = logging.getLogger(__name__)
 GRID_COLUMNS = ["train_family", "test_family", "n_fake", "accuracy", "fake_accuracy", "real_accuracy",
@@ -35,10 +33,9 @@ def _test_rows(manifest: pd.DataFrame, splits: list[str]) -> pd.DataFrame:
 
 
 def _baseline_predictions(model, rows: pd.DataFrame) -> pd.DataFrame:
-    probabilities = model.fake_probability([example.rgb_image() for example in load_examples(rows)])
+    predicted, probabilities = baseline_verdicts(model, rows)
     return pd.DataFrame({"label": rows["label"].to_numpy(), "artifact_family": rows["artifact_family"].to_numpy(),
-                         "predicted_label": [LABELS[int(p >= 0.5)] for p in probabilities],
-                         "fake_probability": probabilities})
+                         "predicted_label": predicted, "fake_probability": probabilities})
 
 
 def _fakevlm_predictions(model, rows: pd.DataFrame, evaluation: dict[str, Any], question: str) -> pd.DataFrame:

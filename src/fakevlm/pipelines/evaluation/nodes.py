@@ -196,6 +196,12 @@ def calibrate(fakevlm_model: FakeVLM, manifest: pd.DataFrame, params: dict[str, 
     return temperature
 
 
+def baseline_verdicts(baseline_model: CNNDetector, rows: pd.DataFrame) -> tuple[list[str], list[float]]:
+    """The CNN baseline's verdict (fake at a probability of 0.5) and fake probability of each row."""
+    probabilities = baseline_model.fake_probability([e.rgb_image() for e in load_examples(rows)])
+    return [LABELS[int(p >= 0.5)] for p in probabilities], probabilities
+
+
 def evaluate_baseline(
     baseline_model: CNNDetector, validated_manifest: pd.DataFrame, params: dict[str, Any]
 ) -> dict[str, Any]:
@@ -203,8 +209,7 @@ def evaluate_baseline(
     metrics = {}
     for split, benchmark in benchmark_splits(params):
         rows = split_rows(validated_manifest, split)
-        probabilities = baseline_model.fake_probability([e.rgb_image() for e in load_examples(rows)])
-        predicted = [LABELS[int(p >= 0.5)] for p in probabilities]
+        predicted, _ = baseline_verdicts(baseline_model, rows)
         metrics[benchmark] = score_verdicts(predicted, rows["label"].tolist(), rows["category"].tolist())
         log.info("%s: baseline CNN accuracy %.3f", benchmark, metrics[benchmark]["accuracy"])
     return metrics
@@ -225,14 +230,14 @@ def evaluate(
     if params["calibration"]["split"]:
         temperature = calibrate(fakevlm_model, validated_manifest, params, question)
         predictions["fake_probability_calibrated"] = apply_temperature(predictions["fake_probability"], temperature)
-        for benchmark, rows in predictions.groupby("benchmark", sort=True):
-            metrics[benchmark]["calibrated"] = {"temperature": temperature, **probability_scores(
-                rows["fake_probability_calibrated"].tolist(), rows["label"].tolist(), params["calibration_bins"])}
     for split, benchmark in benchmark_splits(params):
         swept = robustness(fakevlm_model, split_rows(validated_manifest, split), params, question)
         if swept:
             metrics[benchmark]["robustness"] = swept
     for benchmark, rows in predictions.groupby("benchmark", sort=True):
+        if "fake_probability_calibrated" in rows:
+            metrics[benchmark]["calibrated"] = {"temperature": temperature, **probability_scores(
+                rows["fake_probability_calibrated"].tolist(), rows["label"].tolist(), params["calibration_bins"])}
         found = explanation_faithfulness(rows, family_cues, params["whole_image_region"])
         if found:
             metrics[benchmark]["faithfulness"] = found
