@@ -42,7 +42,7 @@ def test_labels_supervise_answer_and_eos_only(tiny, labelled_images):
     assert tokenizer.decode(supervised).strip() == answer + tokenizer.eos_token
     prompt_len = int((item["labels"] == IGNORE_INDEX).sum())
     assert tokenizer.decode(item["input_ids"][:prompt_len]).endswith("ASSISTANT:")
-    assert int(item["verdict"]) == 1
+    assert int(item["warmup_class"]) == 1
 
 
 def test_empty_answer_fails_with_id(tiny, labelled_images):
@@ -161,7 +161,7 @@ def test_imagenet_mobilenet_v2_recognises_chelsea_the_cat():
 
 def test_mobilenet_fakevlm_keeps_imagenet_weights_and_reloads(mobilenet_params, labelled_images, tmp_path):
     from fakevlm.model import image_tokens, mobilenet_v2_imagenet_weights
-    from fakevlm.training import VisionVerdictClassifier
+    from fakevlm.training import VisionWarmupClassifier
 
     images = [image.resize((64, 64)) for _, image, *_ in labelled_images[:4]]
     corpus = [answer for *_, answer in labelled_images] + ["USER: ASSISTANT: " + QUESTION]
@@ -177,7 +177,7 @@ def test_mobilenet_fakevlm_keeps_imagenet_weights_and_reloads(mobilenet_params, 
     item = encode_example(processor, Example("a", images[0], "This is a fake image.", "fake"), QUESTION, 512)
     assert int((item["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<image>")).sum()) == 4
     # the warm-up classifier reads the tokens the language model will read
-    classifier = VisionVerdictClassifier(model)
+    classifier = VisionWarmupClassifier(model)
     assert classifier(pixels)["logits"].shape == (4, 2)
     fakevlm = FakeVLM(model, processor)
     before = fakevlm.generate(images, QUESTION, max_new_tokens=6, batch_size=2)

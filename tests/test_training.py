@@ -78,12 +78,12 @@ def test_base_and_gpu_training_params_load():
 
 def test_warmup_weights_reach_the_llava(training_params, labelled_images):
     """Stage 1 trains copies (DeepSpeed hooks stay on them); its result must be in the model."""
-    from fakevlm.training import VisionVerdictClassifier
+    from fakevlm.training import VisionWarmupClassifier
 
     examples = [Example(i, image, answer, label) for i, image, label, answer in labelled_images]
     processor = build_processor(train_tokenizer([e.answer for e in examples], 300), training_params["model"])
     model = build_tiny_model(processor, training_params["model"])
-    classifier = VisionVerdictClassifier(model)
+    classifier = VisionWarmupClassifier(model)
     before = {k: v.clone() for k, v in model.model.vision_tower.state_dict().items()}
     for p in classifier.vision_tower.parameters():
         p.data.add_(1.0)
@@ -155,3 +155,30 @@ def test_vision_tower_learning_rate_of_its_own(training_params, labelled_images)
     assert not any("vision_tower" in name for name in changed)
     assert any("multi_modal_projector" in name for name in changed) and any("language_model" in name for name in changed)
     assert max(e.get("learning_rate", 0) for e in history["instruction"]) > 0  # the logged rate: the language model's
+
+
+def test_the_warmup_tells_fake_families_apart_where_the_data_records_them(training_params, labelled_images):
+    import pandas as pd
+
+    from fakevlm.training import TrainingSamples, VisionWarmupClassifier, load_examples, warmup_classes
+
+    rows = pd.DataFrame({"id": ["r", "c", "s", "u"], "image_path": ["r.png", "c.png", "s.png", "u.png"],
+                         "answer": ["a"] * 4, "label": ["real", "fake", "fake", "fake"],
+                         "artifact_family": [None, "checkerboard", "splice", float("nan")]})
+    examples = load_examples(rows)
+    assert [e.family for e in examples] == [None, "checkerboard", "splice", None]
+    assert warmup_classes(examples, "family") == ["real", "checkerboard", "fake", "splice"]
+    assert warmup_classes(examples, "label") == ["real", "fake"]
+    assert [e.family for e in load_examples(rows.drop(columns="artifact_family"))] == [None] * 4
+    with pytest.raises(ValueError, match="vision_warmup.classes must be 'label' or 'family', not 'colour'"):
+        warmup_classes(examples, "colour")
+
+    families = ["checkerboard", "splice"]
+    examples = [Example(i, image, answer, label, families[n % 4 // 2] if label == "fake" else None)
+                for n, (i, image, label, answer) in enumerate(labelled_images)]
+    processor = build_processor(train_tokenizer([e.answer for e in examples], 300), training_params["model"])
+    samples = TrainingSamples(processor, examples, QUESTION, 512, warmup_by="family")
+    assert samples.warmup_classes == ["real", "checkerboard", "splice"]
+    assert [int(samples[n]["warmup_class"]) for n in range(4)] == [0, 1, 0, 2]
+    classifier = VisionWarmupClassifier(build_tiny_model(processor, training_params["model"]), 3)
+    assert classifier(samples[1]["pixel_values"][None], samples[1]["warmup_class"][None])["logits"].shape == (1, 3)

@@ -21,7 +21,7 @@ import shutil
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from fakevlm.model import answer_suffix, build_prompt, image_tokens, keep_runnin
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-LABEL_IDS = {"real": 0, "fake": 1}
+LABEL_CLASSES = ("real", "fake")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,11 @@ class Example:
     image: Image.Image | str   # decoded, or the file to decode when the sample is drawn
     answer: str
     label: str
+    family: str | None = None  # the artifact family that made a fake, where the data records it
+
+    def warmup_class(self, by: str) -> str:
+        """The vision warm-up's class: the label, or (`by: family`) the family of a fake that has one."""
+        return self.family if by == "family" and self.label == "fake" and self.family else self.label
 
     def rgb_image(self) -> Image.Image:
         if isinstance(self.image, Image.Image):
@@ -70,8 +75,19 @@ def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def load_examples(rows: pd.DataFrame) -> list[Example]:
-    """Manifest rows (id, image_path, answer, label) as examples, in row order; images stay on disk."""
-    return [Example(row.id, row.image_path, row.answer, row.label) for row in rows.itertuples(index=False)]
+    """Manifest rows (id, image_path, answer, label, artifact_family where the data has it) as
+    examples, in row order; images stay on disk."""
+    families = rows["artifact_family"] if "artifact_family" in rows else pd.Series(None, index=rows.index)
+    return [Example(row.id, row.image_path, row.answer, row.label, family if pd.notna(family) else None)
+            for row, family in zip(rows.itertuples(index=False), families)]
+
+
+def warmup_classes(examples: Sequence[Example], by: str) -> list[str]:
+    """The warm-up's classes, "real" first: real/fake, or real and each fake family (`by: family`)."""
+    if by not in ("label", "family"):
+        raise ValueError(f"vision_warmup.classes must be 'label' or 'family', not {by!r}")
+    fakes = sorted({e.warmup_class(by) for e in examples} - {"real"})
+    return ["real", *fakes] if by == "family" else list(LABEL_CLASSES)
 
 
 def expanded_prompt_ids(processor: LlavaProcessor, prompt: str) -> torch.Tensor:
@@ -119,11 +135,13 @@ class TrainingSamples(Dataset):
     """
 
     def __init__(self, processor: LlavaProcessor, examples: Sequence[Example], question: str, max_length: int,
-                 cache_pixels: bool = True, augment: dict[str, Any] | None = None):
+                 cache_pixels: bool = True, augment: dict[str, Any] | None = None, warmup_by: str = "label"):
         self.processor = processor
         self.augment = augment if augment and augment["enabled"] else None
-        self.examples = [Example(e.id, e.rgb_image(), e.answer, e.label) for e in examples] \
+        self.examples = [replace(e, image=e.rgb_image()) for e in examples] \
             if cache_pixels and self.augment else list(examples)
+        self.warmup_by = warmup_by
+        self.warmup_classes = warmup_classes(self.examples, warmup_by)
         prompt = build_prompt(processor, question)
         prompt_ids = expanded_prompt_ids(processor, prompt)
         self.tokens = [encode_answer(processor, e, prompt, prompt_ids, max_length) for e in self.examples]
@@ -141,13 +159,14 @@ class TrainingSamples(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         example = self.examples[index]
         pixels = self.pixels[index] if self.pixels is not None else self.pixel_values(example)
-        return {**self.tokens[index], "pixel_values": pixels, "verdict": torch.tensor(LABEL_IDS[example.label])}
+        warmup_class = self.warmup_classes.index(example.warmup_class(self.warmup_by))
+        return {**self.tokens[index], "pixel_values": pixels, "warmup_class": torch.tensor(warmup_class)}
 
 
 def encode_example(
     processor: LlavaProcessor, example: Example, question: str, max_length: int
 ) -> dict[str, torch.Tensor]:
-    """One sample as the Trainer receives it: token ids, answer-only labels, pixels, verdict."""
+    """One sample as the Trainer receives it: token ids, answer-only labels, pixels, warm-up class."""
     return TrainingSamples(processor, [example], question, max_length)[0]
 
 
@@ -175,17 +194,17 @@ def collate_answers(pad_token_id: int):
     return collate
 
 
-def collate_verdicts(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Pixels and real/fake class ids for the vision warm-up."""
+def collate_warmup(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Pixels and class ids for the vision warm-up."""
     return {
         "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
-        "labels": torch.stack([item["verdict"] for item in batch]),
+        "labels": torch.stack([item["warmup_class"] for item in batch]),
     }
 
 
-class VisionVerdictClassifier(nn.Module):
-    """Copies of the model's vision tower and projector with a linear real/fake head on the mean-
-    and max-pooled image tokens.
+class VisionWarmupClassifier(nn.Module):
+    """Copies of the model's vision tower and projector with a linear head on the mean- and
+    max-pooled image tokens, over real/fake or over real and each fake family (`warmup_classes`).
 
     The features are taken exactly as the model takes them (`model.image_tokens`), so what the
     tower and projector learn here is what the language model receives in stage 2. They are
@@ -193,13 +212,13 @@ class VisionVerdictClassifier(nn.Module):
     parameters would fire stage 1's hooks during stage 2. `copy_into` hands the weights back.
     """
 
-    def __init__(self, llava: PreTrainedModel):
+    def __init__(self, llava: PreTrainedModel, n_classes: int = len(LABEL_CLASSES)):
         super().__init__()
         self.vision_tower = copy.deepcopy(llava.model.vision_tower)
         self.projector = copy.deepcopy(llava.model.multi_modal_projector)
         self.config = llava.config
         # mean and max over the image tokens: a splice or an edited quadrant marks a few tokens only
-        self.head = nn.Linear(2 * llava.config.text_config.hidden_size, len(LABEL_IDS))
+        self.head = nn.Linear(2 * llava.config.text_config.hidden_size, n_classes)
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         tokens = self.projector(image_tokens(self.config, self.vision_tower, pixel_values))
@@ -350,7 +369,7 @@ def run_trainer(model: nn.Module, dataset: Dataset, collator, args: dict[str, An
 
 def run_fingerprint(examples: Sequence[Example], model_config: dict[str, Any], stages: dict[str, Any]) -> str:
     """What a checkpoint must have been trained on to be resumed: samples, model and stages."""
-    samples = [(e.id, e.answer, e.label) for e in examples]
+    samples = [(e.id, e.answer, e.label, e.family) for e in examples]
     text = json.dumps({"samples": samples, "model": model_config, "stages": stages}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -408,22 +427,24 @@ def train(
     Each stage's dict is HF `TrainingArguments`; a stage with `max_steps: 0` is skipped, and so
     is the warm-up when the instruction stage resumes (its checkpoint holds the warmed-up tower).
     With `lora.enabled`, the instruction stage trains LoRA adapters (`with_lora`) instead of every
-    weight. `augment`: the training-time degradations (TrainingSamples).
+    weight. `augment`: the training-time degradations (TrainingSamples). The warm-up's `classes`
+    (not a TrainingArguments field): `label` (real/fake) or `family` (`warmup_classes`).
     """
     keep_running_statistics(model)
-    encoded = TrainingSamples(processor, examples, question, max_length, cache_pixels, augment)
+    warmup = dict(stages.get("vision_warmup") or {})
+    warmup_by = warmup.pop("classes", "label")
+    encoded = TrainingSamples(processor, examples, question, max_length, cache_pixels, augment, warmup_by)
     log.info("encoded %d samples, longest %d tokens", len(encoded), max(t["input_ids"].numel() for t in encoded.tokens))
     history: dict[str, list[dict[str, float]]] = {}
     use_lora = bool(lora and lora["enabled"])
-    warmup = stages.get("vision_warmup")
-    if warmup and warmup.get("max_steps", 0) > 0:
+    if warmup.get("max_steps", 0) > 0:
         # a LoRA checkpoint holds the adapters and the projector, not the frozen warmed-up tower:
         # then the warm-up runs again (resuming from its own checkpoint)
         if resumable_checkpoint(stages["instruction"]) and not use_lora:
             history["vision_warmup"] = json.loads((Path(warmup["output_dir"]) / HISTORY_FILE).read_text())
         else:
-            classifier = VisionVerdictClassifier(model)
-            history["vision_warmup"] = run_trainer(classifier, encoded, collate_verdicts, warmup)
+            classifier = VisionWarmupClassifier(model, len(encoded.warmup_classes))
+            history["vision_warmup"] = run_trainer(classifier, encoded, collate_warmup, warmup)
             classifier.copy_into(model)
     instruction_model = with_lora(model, lora) if use_lora else model
     history["instruction"] = run_trainer(
