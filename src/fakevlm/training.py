@@ -3,7 +3,9 @@
 Stage 1 (vision warm-up, optional): the vision tower and projector learn the verdict through a
 small classification head, so the forensic cue exists before the language model sees it. LLaVA
 trains in two stages for the same reason; on a tiny model trained from scratch it is what takes
-the verdict from chance to high accuracy within CPU minutes (docs/training-notes.md).
+the verdict from chance to high accuracy within CPU minutes (docs/training-notes.md). Where the
+data records which artifact family made each fake, the head tells the families apart: the image
+tokens then carry which artifact is there, and the explanation names it.
 Stage 2 (instruction tuning): the whole LLaVA learns the answer text; loss on answer tokens only.
 
 Each stage checkpoints every `save_steps` into its `output_dir` and resumes from the last
