@@ -110,3 +110,14 @@ def test_zero3_shards_are_gathered_into_the_saved_model(tmp_path, training_param
     assert any(k.startswith("model.vision_tower.encoder") for k in changed)       # stage 1, gathered
     assert any(k.startswith("model.language_model.layers") for k in changed)      # stage 2, gathered
     assert model.generate([labelled_images[0][1]], QUESTION, max_new_tokens=4)[0] is not None
+
+
+def test_the_workers_get_each_fakes_family(tmp_path, training_params, labelled_images):
+    """Launched workers must train the warm-up on the classes the in-process run uses."""
+    manifest = manifest_of(tmp_path, labelled_images)
+    manifest["artifact_family"] = [("splice" if n % 4 == 1 else "checkerboard") if label == "fake" else None
+                                   for n, label in enumerate(manifest["label"])]
+    write_job(tmp_path, tiny_fakevlm(training_params, manifest), manifest, training_params)
+    rows = pd.DataFrame(json.loads((tmp_path / "job.json").read_text())["rows"])
+    assert load_examples(rows) == load_examples(manifest)
+    assert {e.family for e in load_examples(rows)} == {None, "splice", "checkerboard"}

@@ -20,9 +20,8 @@ from typing import Any
 import pandas as pd
 
 from fakevlm.model import FakeVLM
-from fakevlm.training import free_port, load_examples, train
+from fakevlm.training import EXAMPLE_COLUMNS, free_port, load_examples, train
 
-EXAMPLE_COLUMNS = ["id", "image_path", "answer", "label"]
 # What torchrun / deepspeed set for their workers; a process started inside a launcher must drop
 # them, or its own process group joins the enclosing one's port.
 LAUNCHER_VARIABLES = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"})
@@ -35,7 +34,8 @@ def environment_without_launcher() -> dict[str, str]:
 def write_job(job_dir: Path, fakevlm: FakeVLM, rows: pd.DataFrame, params: dict[str, Any]) -> None:
     """The untrained model, the training rows (paths, not pixels) and the training params."""
     fakevlm.save_pretrained(job_dir / "init")
-    job = {"params": params, "rows": rows[EXAMPLE_COLUMNS].to_dict(orient="records")}
+    columns = [column for column in EXAMPLE_COLUMNS if column in rows]
+    job = {"params": params, "rows": rows[columns].to_dict(orient="records")}
     (job_dir / "job.json").write_text(json.dumps(job))
 
 

@@ -76,9 +76,12 @@ def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     return rows
 
 
+# what load_examples reads of a manifest row; artifact_family only where the data has it
+EXAMPLE_COLUMNS = ("id", "image_path", "answer", "label", "artifact_family")
+
+
 def load_examples(rows: pd.DataFrame) -> list[Example]:
-    """Manifest rows (id, image_path, answer, label, artifact_family where the data has it) as
-    examples, in row order; images stay on disk."""
+    """Manifest rows (EXAMPLE_COLUMNS) as examples, in row order; images stay on disk."""
     families = rows["artifact_family"] if "artifact_family" in rows else pd.Series(None, index=rows.index)
     return [Example(row.id, row.image_path, row.answer, row.label, family if pd.notna(family) else None)
             for row, family in zip(rows.itertuples(index=False), families)]
