@@ -82,17 +82,20 @@ EXAMPLE_COLUMNS = ("id", "image_path", "answer", "label", "artifact_family")
 
 def load_examples(rows: pd.DataFrame) -> list[Example]:
     """Manifest rows (EXAMPLE_COLUMNS) as examples, in row order; images stay on disk."""
-    families = rows["artifact_family"] if "artifact_family" in rows else pd.Series(None, index=rows.index)
-    return [Example(row.id, row.image_path, row.answer, row.label, family if pd.notna(family) else None)
-            for row, family in zip(rows.itertuples(index=False), families)]
+    examples = []
+    for row in rows.itertuples(index=False):
+        family = getattr(row, "artifact_family", None)
+        examples.append(Example(row.id, row.image_path, row.answer, row.label, family if pd.notna(family) else None))
+    return examples
 
 
 def warmup_classes(examples: Sequence[Example], by: str) -> list[str]:
     """The warm-up's classes, "real" first: real/fake, or real and each fake family (`by: family`)."""
     if by not in ("label", "family"):
         raise ValueError(f"vision_warmup.classes must be 'label' or 'family', not {by!r}")
-    fakes = sorted({e.warmup_class(by) for e in examples} - {"real"})
-    return ["real", *fakes] if by == "family" else list(LABEL_CLASSES)
+    if by == "label":
+        return list(LABEL_CLASSES)
+    return ["real", *sorted({e.warmup_class(by) for e in examples if e.label == "fake"})]
 
 
 def expanded_prompt_ids(processor: LlavaProcessor, prompt: str) -> torch.Tensor:
@@ -145,8 +148,8 @@ class TrainingSamples(Dataset):
         self.augment = augment if augment and augment["enabled"] else None
         self.examples = [replace(e, image=e.rgb_image()) for e in examples] \
             if cache_pixels and self.augment else list(examples)
-        self.warmup_by = warmup_by
         self.warmup_classes = warmup_classes(self.examples, warmup_by)
+        self.warmup_ids = [self.warmup_classes.index(e.warmup_class(warmup_by)) for e in self.examples]
         prompt = build_prompt(processor, question)
         prompt_ids = expanded_prompt_ids(processor, prompt)
         self.tokens = [encode_answer(processor, e, prompt, prompt_ids, max_length) for e in self.examples]
@@ -164,8 +167,7 @@ class TrainingSamples(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         example = self.examples[index]
         pixels = self.pixels[index] if self.pixels is not None else self.pixel_values(example)
-        warmup_class = self.warmup_classes.index(example.warmup_class(self.warmup_by))
-        return {**self.tokens[index], "pixel_values": pixels, "warmup_class": torch.tensor(warmup_class)}
+        return {**self.tokens[index], "pixel_values": pixels, "warmup_class": torch.tensor(self.warmup_ids[index])}
 
 
 def encode_example(
