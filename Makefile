@@ -37,6 +37,9 @@ $(VENV)/.installed: requirements.lock requirements-nodeps.txt pyproject.toml
 	# packages read in place whose metadata pins what we must not install: see the file
 	$(BIN)/pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install --quiet --no-deps -e .
+	# DeepSpeed compiles its CPU shared-memory collective on first use (30-45 s here): with the
+	# install, not inside the first training run
+	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
 	touch $@
 
 run: setup  # the run ends by logging where the metrics and the MLflow store are

