@@ -19,7 +19,7 @@ The package is pure: `build(params)` returns PIL images and FakeClue records; it
 """
 
 
-from fakevlm.fakeclue_mini.builder import build, example_rng, family_for, known_families, make_example
+from fakevlm.fakeclue_mini.builder import build, example_rng, family_for, heldout_families, known_families, make_example
 from fakevlm.fakeclue_mini.network_families import NETWORK_MAKERS, like_the_crop
 from fakevlm.fakeclue_mini.pixels import finish, is_gray, match_png_size, png_size
 from fakevlm.fakeclue_mini.simulated import (
@@ -41,7 +41,7 @@ from fakevlm.fakeclue_mini.sources import load_photos, package_data_dir, render_
 
 __all__ = [
     "NETWORK_MAKERS", "SIMULATORS", "Scene", "build", "checkerboard", "checkerboard_perturbation", "example_rng",
-    "face_blend", "family_for", "finish", "glyph_garble", "inkiest_band", "is_gray", "known_families",
+    "face_blend", "family_for", "finish", "glyph_garble", "heldout_families", "inkiest_band", "is_gray", "known_families",
     "like_the_crop", "load_photos", "make_example", "match_png_size", "oversmoothing", "package_data_dir",
     "place_words", "png_size", "radial_frequency", "render_document", "spectral_falloff", "splice", "tile_repeat",
 ]

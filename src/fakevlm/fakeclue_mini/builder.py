@@ -23,7 +23,7 @@ def build(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """All splits: `{split: {"records": [record, ...], "images": {record image path: PIL image}}}`.
 
     Records are sorted by image path; the same params give the same pixels and records. Each split
-    named in `heldout` holds only its held-out family's fakes; no other split ever has one.
+    named in `heldout` holds only its held-out families' fakes; no other split ever has one.
     """
     unknown = set(params["categories"]) - set(CATEGORIES)
     if unknown:
@@ -165,17 +165,25 @@ def _code(text: str) -> int:
 def family_for(params: Mapping[str, Any], split: str, category: str, ordinal: int) -> str:
     """The family of a category's n-th fake in a split.
 
-    A held-out family (one unseen "generator") is the only family of its split in `heldout` and
-    never appears in any other split, so that split measures generalisation to it.
+    The held-out families (unseen "generators", one name or a list) of a split in `heldout` are
+    its only families, in equal shares, and never appear in any other split, so that split measures
+    generalisation to them.
     """
-    heldout = params.get("heldout") or {}
+    heldout = heldout_families(params)
     if split in heldout:
-        return str(heldout[split])
+        return _family(dict.fromkeys(heldout[split], 1), ordinal, known_families(params))
+    held = set().union(*heldout.values())
     weights = params["families"].get(category, params["families"]["default"])
-    kept = {name: weight for name, weight in weights.items() if name not in heldout.values()}
+    kept = {name: weight for name, weight in weights.items() if name not in held}
     if not kept:
-        raise ValueError(f"fakeclue_mini: category {category!r} has no family besides the held-out {sorted(heldout.values())}")
+        raise ValueError(f"fakeclue_mini: category {category!r} has no family besides the held-out {sorted(held)}")
     return _family(kept, ordinal, known_families(params))
+
+
+def heldout_families(params: Mapping[str, Any]) -> dict[str, list[str]]:
+    """split -> the families it holds out (`heldout` names one family or a list)."""
+    return {split: [names] if isinstance(names, str) else list(names)
+            for split, names in (params.get("heldout") or {}).items()}
 
 
 def known_families(params: Mapping[str, Any]) -> set[str]:
