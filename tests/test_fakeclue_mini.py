@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from fakevlm import fakeclue_mini
 from fakevlm.formats.fakeclue import CATEGORIES, PNG_SAVE_ARGS
 
-from .conftest import load_params
+from .conftest import PROJECT_ROOT, load_params
 
 FAMILIES = set(fakeclue_mini.SIMULATORS)
 NETWORK_FAMILIES = {"realesrgan_x4plus", "realesr_animevideov3_x4", "waifu2x_photo_x2", "cyclegan_vintage", "dcgan_face"}
@@ -326,6 +328,31 @@ def test_build_is_deterministic_to_the_byte_whatever_the_number_of_processes(min
     assert sorted(first) == ["test", "test_heldout", "test_heldout_generator", "train"]
     assert png_bytes(first) == png_bytes(second)
     assert [s["records"] for s in first.values()] == [s["records"] for s in second.values()]
+
+
+# A fresh interpreter: torch's OpenMP pool runs, then the build starts its workers
+AFTER_TORCH = """
+import torch
+from omegaconf import OmegaConf
+from fakevlm import fakeclue_mini
+torch.set_num_threads(2)
+x = torch.randn(512, 512)
+for _ in range(20):
+    x = (x @ x).tanh()
+params = OmegaConf.to_container(OmegaConf.load("conf/base/parameters_ingestion.yml"), resolve=True)
+mini = {**params["ingestion"]["fakeclue_mini"], "wild": None, "workers": 2,
+        "per_category": {"train": 4, "test": 2, "test_heldout": 2, "test_heldout_generator": 2}}
+print(sum(len(split["records"]) for split in fakeclue_mini.build(mini).values()))
+"""
+
+
+def test_workers_started_after_torch_has_run_finish():
+    """Forked workers of a process whose OpenMP pool had run (torch, ncnn) hung in their first
+    parallel region: the whole test suite stopped here. The build's workers are spawned."""
+    result = subprocess.run([sys.executable, "-c", AFTER_TORCH], cwd=PROJECT_ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [str(7 * (4 + 2 + 2 + 2))]  # 7 categories
 
 
 def _stamps(root: Path) -> Path:

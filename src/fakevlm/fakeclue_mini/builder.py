@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Mapping
 from typing import Any
@@ -99,7 +100,10 @@ def draw_all(tasks: list[tuple[str, str, int]], context: tuple, workers: int) ->
             return [_draw(task) for task in tasks]
         finally:
             _set_context(None, None, None, None)
-    with ProcessPoolExecutor(max_workers=workers, initializer=_set_context, initargs=context) as pool:
+    # spawned, not forked: a fork of a process whose OpenMP pool has run (torch, ncnn) hangs in the
+    # child's first parallel region, as it did under pytest once torch had trained
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, spawn, initializer=_set_context, initargs=context) as pool:
         return list(pool.map(_draw, tasks, chunksize=max(1, min(64, len(tasks) // (workers * 8)))))
 
 
