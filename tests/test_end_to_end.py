@@ -32,10 +32,11 @@ def project(tmp_path_factory):
 def test_kedro_run_end_to_end_then_each_pipeline_alone(project):
     metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())["fakeclue_mini_test"]
     assert metrics["n"] == 7 * 2
-    for key in ("accuracy", "f1", "rouge_l", "css"):
+    for key in ("accuracy", "f1", "rouge_l"):
         assert 0.0 <= metrics[key] <= 1.0
-        assert set(metrics["per_category"]) == {"animal", "human", "object", "scene", "satellite", "doc", "deepfake"}
-        assert all(key in per for per in metrics["per_category"].values())
+    assert -1.0 <= metrics["css"] <= 1.0  # a cosine similarity: a tiny model's mean can dip below 0
+    assert set(metrics["per_category"]) == {"animal", "human", "object", "scene", "satellite", "doc", "deepfake"}
+    assert all(key in per for per in metrics["per_category"].values() for key in ("accuracy", "f1", "rouge_l", "css"))
     assert 0.0 <= metrics["baseline_cnn"]["accuracy"] <= 1.0 and metrics["baseline_cnn"]["n"] == 7 * 2
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
