@@ -149,7 +149,9 @@ def test_training_lineages_train_and_never_reach_the_in_the_wild_split(with_trai
     assert not any(model.startswith(lineages) for g in wild_generators for model in g.split("+"))
     assert {r["origin"]["file"] for r in fakes}.isdisjoint({r["origin"]["file"] for r in wild_fakes})
     # reals: training's own photographs, processed as the in-the-wild images are
-    reals_files = {(params["photos"][name]["package"], params["photos"][name]["file"]) for name in wild["train"]["reals"]}
+    photos = fakeclue_mini.load_photos({name: params["photos"][name] for name in wild["train"]["reals"]})
+    reals_files = {(photo.spec["package"], path.relative_to(photo.root).as_posix() if photo.files else photo.spec["file"])
+                   for photo in photos.values() for path in (photo.files or [None])}
     assert {(r["origin"]["package"], r["origin"]["file"]) for r in reals} <= reals_files
     images = splits[wild["train"]["split"]]["images"]
     assert {images[r["image"]].size for r in trained} == {(wild["size"], wild["size"])}
@@ -172,3 +174,28 @@ def test_a_training_crop_near_an_evaluation_image_is_drawn_again():
     # each real kept is its third draw, a different crop from the first
     assert np.array_equal(np.asarray(built["images"][reals[0]]), seen[2])
     assert not np.array_equal(seen[0], seen[2])
+
+
+def test_training_reals_weigh_every_picture_alike_and_skip_absent_folders(tmp_path):
+    params = load_params("ingestion")["fakeclue_mini"]
+    wild = params["wild"]
+    wild["train"].update(enabled=True, crops=4, reals=["chelsea", "mate_nature"])
+    nature = tmp_path / "mate" / "nature"
+    nature.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in range(5):
+        Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(nature / f"photo{k}.jpg")
+    specs = {name: params["photos"][name] for name in wild["train"]["reals"]}
+
+    def real_files(debian_root):
+        photos = fakeclue_mini.load_photos(specs, {"mate-backgrounds": str(debian_root)})
+        built = in_the_wild.build_train(wild, 1, photos, lambda image: True, 0)
+        return [r["origin"]["file"] for r in built["records"] if r["label"] == 1]
+
+    files = real_files(tmp_path / "mate")
+    from_folder = [f for f in files if f.startswith("nature/")]
+    # one picture against a folder of five: about five crops in six are the folder's, all five used
+    assert set(from_folder) == {f"nature/photo{k}.jpg" for k in range(5)}
+    assert 0.65 <= len(from_folder) / len(files) <= 0.95
+    # the package not installed: its photographs are left out, the crops come from the others
+    assert set(real_files(tmp_path / "absent")) == {params["photos"]["chelsea"]["file"]}

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fakevlm.fakeclue_mini.sources import pick_picture
 from fakevlm.formats.fakeclue import LABEL_CODES, PROMPT
 from fakevlm.networks import package_dir
 
@@ -140,10 +141,12 @@ def build_train(
     photos: Mapping[str, Any],
     far_from_eval: Callable[[Image.Image], bool],
     max_attempts: int,
+    documents: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The training side: `crops` random square crops of each training output, and as many of the
-    photographs named in `train.reals` (FakeClue-mini `Photo`s), the same size policy and round trip
-    for both. A real crop that is not `far_from_eval` (near an evaluation image) is drawn again."""
+    photographs named in `train.reals` (FakeClue-mini `Photo`s; `documents`: how a rendered page is
+    drawn, if one is named), the same size policy and round trip for both. A real crop that is not
+    `far_from_eval` (near an evaluation image) is drawn again."""
     train = params["train"]
     size, quality, category = int(params["size"]), int(params["webp_quality"]), params["category"]
     _, outputs = split_outputs(params)
@@ -157,18 +160,20 @@ def build_train(
             box = _square(picture, rng, params["crop_scale"])
             images[path] = finish(picture, box, size, quality)
         records.append(_record(path, "fake", category, size, *_fake(params, output, box)))
+    # every picture equally likely (a folder of twelve photographs counts twelve times, not once)
+    reals = [photos[name] for name in train["reals"] if name in photos]
+    weights = np.array([len(photo.files) or len(photo.images) or 1 for photo in reals], dtype=float)
     for index in range(len(outputs) * crops):
-        photo = photos[train["reals"][index % len(train["reals"])]]
         path = f"{category}/real/wild_{index:04d}.png"
         for attempt in range(max_attempts + 1):
             rng = np.random.default_rng([int(seed), 1, index, attempt])
-            picture = photo.images[int(rng.integers(len(photo.images)))]
+            photo = reals[int(rng.choice(len(reals), p=weights / weights.sum()))]
+            picture, file_name = pick_picture(photo, rng, documents)
             box = _square(picture, rng, params["crop_scale"])
             images[path] = finish(picture, box, size, quality)
             if far_from_eval(images[path]):
                 break
-        origin = {"package": photo.spec["package"], "file": photo.spec["file"], "licence": photo.spec["licence"],
-                  "crop": _crop(box)}
+        origin = {"package": photo.spec["package"], "file": file_name, "licence": photo.spec["licence"], "crop": _crop(box)}
         records.append(_record(path, "real", category, size, None, origin))
     records.sort(key=lambda record: record["image"])
     return {"records": records, "images": images}

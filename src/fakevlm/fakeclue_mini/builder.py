@@ -58,7 +58,7 @@ def build(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         splits[wild["split"]] = in_the_wild.build(wild, params["seed"])
     if wild and (wild.get("train") or {}).get("enabled"):  # the generators kept out of the in-the-wild split
         extra = in_the_wild.build_train(wild, params["seed"], photos, lambda image: far_from(image, eval_hashes, distinct),
-                                        distinct.get("max_attempts", 0))
+                                        distinct.get("max_attempts", 0), params["documents"])
         target = splits.setdefault(wild["train"]["split"], {"records": [], "images": {}})
         target["images"].update(extra["images"])
         target["records"] = sorted(target["records"] + extra["records"], key=lambda record: record["image"])

@@ -30,6 +30,8 @@ class Photo:
 DEBIAN_ROOTS = {
     "tuxpaint-stamps-default": "/usr/share/tuxpaint/stamps",
     "xplanet-images": "/usr/share/xplanet/images",
+    "mate-backgrounds": "/usr/share/backgrounds/mate",
+    "opencv-doc": "/usr/share/doc/opencv-doc/examples/data",
 }
 
 
@@ -181,17 +183,7 @@ def draw_crop(
         raise ValueError(f"fakeclue_mini: no picture of category {category!r} is available")
     photo = photos[names[int(rng.integers(len(names)))]]
     spec = photo.spec
-    file_name = spec.get("file", "")
-    if photo.files:
-        pick = int(rng.integers(len(photo.files)))
-        picture, file_name = _open_rgb(photo.files[pick]), photo.files[pick].relative_to(photo.root).as_posix()
-    elif not photo.images:
-        picture = render_document(rng, params["documents"])
-    elif len(photo.images) == 1:
-        picture = photo.images[0]
-    else:
-        pick = int(rng.integers(len(photo.images)))
-        picture, file_name = photo.images[pick], f"{file_name}[{pick}]"
+    picture, file_name = pick_picture(photo, rng, params["documents"])
     box = _crop_box(picture.size, spec, params["crop"], rng)
     size = params["image_size"]
     crop = picture.resize((size, size), resample=Image.Resampling.LANCZOS, box=box)
@@ -204,6 +196,21 @@ def draw_crop(
         "crop": [int(round(box[0])), int(round(box[1])), int(round(box[2] - box[0]))],
     }
     return np.asarray(crop, dtype=np.float32), origin
+
+
+def pick_picture(photo: Photo, rng: np.random.Generator, documents: Mapping[str, Any]) -> tuple[Image.Image, str]:
+    """One picture of a photo spec, drawn with `rng` (one file of a folder, one page rendered, one
+    image of a stack), and the file name its records give."""
+    file_name = photo.spec.get("file", "")
+    if photo.files:
+        pick = int(rng.integers(len(photo.files)))
+        return _open_rgb(photo.files[pick]), photo.files[pick].relative_to(photo.root).as_posix()
+    if not photo.images:
+        return render_document(rng, documents), file_name
+    if len(photo.images) == 1:
+        return photo.images[0], file_name
+    pick = int(rng.integers(len(photo.images)))
+    return photo.images[pick], f"{file_name}[{pick}]"
 
 
 def _crop_box(
