@@ -168,7 +168,7 @@ def test_a_training_crop_near_an_evaluation_image_is_drawn_again():
         seen.append(np.asarray(image))
         return len(seen) % 3 == 0
 
-    built = in_the_wild.build_train(wild, 1, photos, far_only_on_the_third_draw, max_attempts=5)
+    built = in_the_wild.build_train(wild, 1, photos, far_only_on_the_third_draw, 5, params["documents"])
     reals = sorted(r["image"] for r in built["records"] if r["label"] == 1)
     assert len(reals) > 0 and len(seen) == 3 * len(reals)
     # each real kept is its third draw, a different crop from the first
@@ -189,7 +189,7 @@ def test_training_reals_weigh_every_picture_alike_and_skip_absent_folders(tmp_pa
 
     def real_files(debian_root):
         photos = fakeclue_mini.load_photos(specs, {"mate-backgrounds": str(debian_root)})
-        built = in_the_wild.build_train(wild, 1, photos, lambda image: True, 0)
+        built = in_the_wild.build_train(wild, 1, photos, lambda image: True, 0, params["documents"])
         return [r["origin"]["file"] for r in built["records"] if r["label"] == 1]
 
     files = real_files(tmp_path / "mate")
@@ -199,3 +199,13 @@ def test_training_reals_weigh_every_picture_alike_and_skip_absent_folders(tmp_pa
     assert 0.65 <= len(from_folder) / len(files) <= 0.95
     # the package not installed: its photographs are left out, the crops come from the others
     assert set(real_files(tmp_path / "absent")) == {params["photos"]["chelsea"]["file"]}
+
+
+def test_training_reals_none_installed_is_an_error_naming_the_setting(tmp_path):
+    params = load_params("ingestion")["fakeclue_mini"]
+    wild = params["wild"]
+    wild["train"].update(enabled=True, crops=1, reals=["mate_nature"])
+    photos = fakeclue_mini.load_photos({"mate_nature": params["photos"]["mate_nature"]},
+                                       {"mate-backgrounds": str(tmp_path / "absent")})
+    with pytest.raises(ValueError, match=r"wild\.train\.reals: none of \['mate_nature'\] is installed"):
+        in_the_wild.build_train(wild, 1, photos, lambda image: True, 0, params["documents"])

