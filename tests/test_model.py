@@ -171,11 +171,12 @@ def test_mobilenet_fakevlm_keeps_imagenet_weights_and_reloads(mobilenet_params, 
     imagenet = mobilenet_v2_imagenet_weights()
     tower = model.model.vision_tower.state_dict()
     assert all(torch.equal(tower[name], imagenet[name]) for name in imagenet) and tower.keys() == imagenet.keys()
-    # one token per 32 x 32 pixels, as many placeholders in the prompt as the tower gives tokens
+    # one token per output_stride^2 pixels, as many placeholders in the prompt as the tower gives tokens
+    tokens = (64 // mobilenet_params["vision"]["output_stride"]) ** 2
     pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-    assert image_tokens(model.config, model.model.vision_tower, pixels).shape == (4, 4, 1280)
+    assert image_tokens(model.config, model.model.vision_tower, pixels).shape == (4, tokens, 1280)
     item = encode_example(processor, Example("a", images[0], "This is a fake image.", "fake"), QUESTION, 512)
-    assert int((item["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<image>")).sum()) == 4
+    assert int((item["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<image>")).sum()) == tokens
     # the warm-up classifier reads the tokens the language model will read
     classifier = VisionWarmupClassifier(model)
     assert classifier(pixels)["logits"].shape == (4, 2)
