@@ -172,7 +172,7 @@ def test_mobilenet_fakevlm_keeps_imagenet_weights_and_reloads(mobilenet_params, 
     tower = model.model.vision_tower.state_dict()
     assert all(torch.equal(tower[name], imagenet[name]) for name in imagenet) and tower.keys() == imagenet.keys()
     # one token per output_stride^2 pixels, as many placeholders in the prompt as the tower gives tokens
-    tokens = (64 // mobilenet_params["vision"]["output_stride"]) ** 2
+    tokens = (mobilenet_params["image_size"] // mobilenet_params["vision"]["output_stride"]) ** 2
     pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
     assert image_tokens(model.config, model.model.vision_tower, pixels).shape == (4, tokens, 1280)
     item = encode_example(processor, Example("a", images[0], "This is a fake image.", "fake"), QUESTION, 512)
